@@ -1,0 +1,7 @@
+"""lcasc: low-complexity acoustic scene classification within DCASE limits.
+
+Real audio -> DCASE 2022 log-mel (40 x 51 per second) -> the low-complexity CNN of the paper ->
+similarity-based filter pruning -> INT8 -> ensembles, with parameters, MACs and size counted throughout.
+"""
+
+__version__ = "0.1.0"

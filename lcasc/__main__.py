@@ -1,0 +1,3 @@
+from lcasc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""Datasets know their layout, splits, labels and devices; the rest of lcasc sees :class:`Recording` lists.
+
+Layouts:
+- ``tau22``: TAU Urban Acoustic Scenes 2022 Mobile development set (METHOD-NOTES §1): ``meta.csv`` and
+  ``evaluation_setup/fold1_{train,evaluate,test}.csv``. Train = fold1_train, validate = fold1_evaluate,
+  test = fold1_test with labels from ``meta.csv`` (in the development set fold1_test lists the same clips
+  as fold1_evaluate, so, as in the paper and the DCASE baseline, validation and test coincide).
+- ``folder``: ``root/<class>/**/<audio>``; each recording goes to train/validate/test (70/15/15) by a
+  stable hash of its path, so a recording never straddles two splits and reruns agree.
+- ``csv``: ``filename,label,split`` (optional ``device``), paths relative to the CSV file.
+
+Problems in metadata (missing files, unknown labels or splits, duplicates) skip the row with a warning and
+are kept in ``Dataset.skipped``; problems that make the dataset unusable raise :class:`DatasetError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lcasc.audio import AUDIO_EXTENSIONS
+
+log = logging.getLogger("lcasc")
+
+SPLITS = ("train", "validate", "test")
+LAYOUTS = ("tau22", "folder", "csv")
+EMBEDDED = Path(__file__).resolve().parent.parent / "_data" / "esc10" / "splits.csv"
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used as given; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path  # absolute path of the audio file
+    name: str  # path relative to the dataset root, as written in outputs
+    label: str | None  # None where the split has no labels
+    split: str  # train | validate | test
+    device: str = "-"
+
+
+@dataclass
+class Dataset:
+    root: Path
+    layout: str
+    classes: list[str]
+    recordings: list[Recording]
+    skipped: list[str] = field(default_factory=list)  # one line per skipped row or file
+
+    def split(self, name: str) -> list[Recording]:
+        return [r for r in self.recordings if r.split == name]
+
+    def summary(self) -> dict:
+        return {"root": str(self.root), "layout": self.layout, "classes": self.classes,
+                "recordings": {s: len(self.split(s)) for s in SPLITS}, "skipped_rows": len(self.skipped)}
+
+
+def _skip(skipped: list[str], message: str) -> None:
+    log.warning("skipped: %s", message)
+    skipped.append(message)
+
+
+def _read_table(path: Path, required: list[str], delimiter: str | None = None) -> list[dict]:
+    """Rows of a CSV/TSV with a header; delimiter sniffed (tab or comma) unless given."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    lines = text.splitlines()
+    if not lines:
+        raise DatasetError(f"{path}: file is empty, expected a header with columns {', '.join(required)}")
+    if delimiter is None:
+        delimiter = "\t" if "\t" in lines[0] else ","
+    reader = csv.DictReader(lines, delimiter=delimiter)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}")
+    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+
+
+def _finish(root: Path, layout: str, recordings: list[Recording], skipped: list[str]) -> Dataset:
+    """Dedupe, check files exist, fix the class order from the training labels, drop unknown labels."""
+    seen: dict[Path, Recording] = {}
+    kept: list[Recording] = []
+    for r in recordings:
+        if r.path in seen:
+            _skip(skipped, f"{r.name}: listed more than once (kept the first, split {seen[r.path].split})")
+            continue
+        seen[r.path] = r
+        if not r.path.is_file():
+            _skip(skipped, f"{r.name}: file does not exist ({r.path})")
+            continue
+        kept.append(r)
+    classes = sorted({r.label for r in kept if r.split == "train" and r.label})
+    if not classes:
+        raise DatasetError(f"{root}: no training recordings with labels found ({layout} layout)")
+    out = []
+    for r in kept:
+        if r.label is not None and r.label not in classes:
+            _skip(skipped, f"{r.name}: label {r.label!r} in split {r.split} does not occur in the training split")
+            continue
+        out.append(r)
+    return Dataset(root=root, layout=layout, classes=classes, recordings=out, skipped=skipped)
+
+
+def _device_from_name(name: str) -> str:
+    """TAU file names end with the device: ``airport-lisbon-1000-40000-0-a.wav`` -> ``a``."""
+    return Path(name).stem.rsplit("-", 1)[-1]
+
+
+def load_tau22(root: Path) -> Dataset:
+    setup = root / "evaluation_setup"
+    meta = {r["filename"]: r for r in _read_table(root / "meta.csv", ["filename", "scene_label"], "\t")}
+    skipped: list[str] = []
+    recordings = []
+    for split, fname, has_label in (("train", "fold1_train.csv", True), ("validate", "fold1_evaluate.csv", True),
+                                    ("test", "fold1_test.csv", False)):
+        rows = _read_table(setup / fname, ["filename", "scene_label"] if has_label else ["filename"], "\t")
+        for row in rows:
+            name = row["filename"]
+            label = row.get("scene_label") or (meta[name]["scene_label"] if name in meta else None)
+            if label is None:
+                _skip(skipped, f"{name}: in {fname} but not in meta.csv, so it has no label")
+                continue
+            recordings.append(Recording(root / name, name, label, split, _device_from_name(name)))
+    return _finish(root, "tau22", recordings, skipped)
+
+
+def _hash_split(name: str, fractions=(0.7, 0.15)) -> str:
+    h = int(hashlib.sha1(name.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "train" if h < fractions[0] else "validate" if h < fractions[0] + fractions[1] else "test"
+
+
+def load_folder(root: Path) -> Dataset:
+    recordings = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(class_dir.rglob("*")):
+            if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS:
+                name = f.relative_to(root).as_posix()
+                recordings.append(Recording(f, name, class_dir.name, _hash_split(name)))
+    if not recordings:
+        raise DatasetError(f"{root}: no audio files found in class folders (expected {root}/<class>/<file>.wav)")
+    return _finish(root, "folder", recordings, [])
+
+
+def load_csv(path: Path) -> Dataset:
+    if path.is_dir():
+        found = sorted(path.glob("*.csv"))
+        if len(found) != 1:
+            raise DatasetError(f"{path}: expected exactly one .csv file (filename,label,split) in the folder, "
+                               f"found {len(found)}; pass the CSV file itself")
+        path = found[0]
+    root = path.parent
+    skipped: list[str] = []
+    recordings = []
+    for i, row in enumerate(_read_table(path, ["filename", "label", "split"]), start=2):
+        name, label, split = row["filename"], row["label"], row["split"].lower()
+        if not name:
+            _skip(skipped, f"{path}:{i}: empty filename")
+            continue
+        if split not in SPLITS:
+            _skip(skipped, f"{name}: unknown split {row['split']!r} (expected train, validate or test)")
+            continue
+        recordings.append(Recording(root / name, name, label or None, split, row.get("device") or "-"))
+    return _finish(root, "csv", recordings, skipped)
+
+
+def detect_layout(path: Path) -> str:
+    if path.is_file():
+        return "csv"
+    if (path / "meta.csv").is_file() and (path / "evaluation_setup").is_dir():
+        return "tau22"
+    if any(p.is_dir() for p in path.iterdir()):
+        return "folder"
+    if list(path.glob("*.csv")):
+        return "csv"
+    raise DatasetError(f"{path}: cannot tell the layout; pass --layout tau22|folder|csv")
+
+
+def load_dataset(path: str | Path | None = None, layout: str | None = None) -> Dataset:
+    """Load a dataset; ``path=None`` gives the embedded ESC-10 default. ``layout`` is detected if omitted."""
+    if path is None:
+        return default_dataset()
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise DatasetError(f"{path}: dataset path does not exist")
+    layout = layout or detect_layout(path)
+    loaders = {"tau22": load_tau22, "folder": load_folder, "csv": load_csv}
+    if layout not in loaders:
+        raise DatasetError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    return loaders[layout](path)
+
+
+def default_dataset() -> Dataset:
+    """ESC-10 folds 1-4 shipped with lcasc: folds 1-2 train, fold 3 validate, fold 4 test."""
+    return load_csv(EMBEDDED)

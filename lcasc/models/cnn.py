@@ -1,0 +1,198 @@
+"""The paper's low-complexity CNN (Table 1), described by a small spec that round-trips through JSON.
+
+Input: (N, 1, 40, 51) float32 log-mel (or (N, 40, 51), a channel axis is added).
+C1 conv + BN + act -> C2 conv + BN + act -> P1 avg-pool 5x5 -> C3 conv + BN + act -> P2 avg-pool (4, 10)
+-> flatten (channel-major) -> dense + act -> dense n_classes (logits; softmax lives in the loss and in
+``predict_proba``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"T": nn.Tanh, "R": nn.ReLU}
+
+
+@dataclass(frozen=True)
+class CNNSpec:
+    """Everything needed to rebuild a :class:`LowComplexityCNN`; pruned networks are other specs.
+
+    ``activations`` has one letter per layer C1, C2, C3, dense: ``T`` (tanh) or ``R`` (ReLU).
+    """
+
+    c1: int = 16
+    c2: int = 16
+    c3: int = 32
+    dense: int = 100
+    kernel_size: int = 3
+    activations: str = "TRTT"
+    n_classes: int = 10
+    n_mels: int = 40
+    n_frames: int = 51
+    pool1: tuple[int, int] = (5, 5)
+    pool2: tuple[int, int] = (4, 10)
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if len(self.activations) != 4 or set(self.activations) - set(ACTIVATIONS):
+            raise ValueError(f"activations must be 4 letters from T/R (C1 C2 C3 dense), got {self.activations!r}")
+        if self.kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for 'same' padding, got {self.kernel_size}")
+        for name in ("c1", "c2", "c3", "dense"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        object.__setattr__(self, "pool1", tuple(self.pool1))
+        object.__setattr__(self, "pool2", tuple(self.pool2))
+
+    @property
+    def widths(self) -> str:
+        """Widths as the paper writes them: ``f1-f2-f3-dense``."""
+        return f"{self.c1}-{self.c2}-{self.c3}-{self.dense}"
+
+    @classmethod
+    def from_widths(cls, widths: str, **kwargs) -> CNNSpec:
+        """``"16-16-32-100"`` -> spec (other fields from ``kwargs`` or the paper's defaults)."""
+        try:
+            c1, c2, c3, dense = (int(v) for v in widths.split("-"))
+        except ValueError:
+            raise ValueError(f"widths must look like 16-16-32-100, got {widths!r}") from None
+        return cls(c1=c1, c2=c2, c3=c3, dense=dense, **kwargs)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pool1"], d["pool2"] = list(self.pool1), list(self.pool2)
+        d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CNNSpec:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class LowComplexityCNN(nn.Module):
+    """Paper Table 1 network. Defaults reproduce the 16-16-32-100 network (14,886 parameters)."""
+
+    def __init__(self, c1: int = 16, c2: int = 16, c3: int = 32, dense: int = 100, kernel_size: int = 3,
+                 activations: str = "TRTT", n_classes: int = 10, *, spec: CNNSpec | None = None):
+        super().__init__()
+        if spec is None:
+            spec = CNNSpec(c1=c1, c2=c2, c3=c3, dense=dense, kernel_size=kernel_size,
+                           activations=activations, n_classes=n_classes)
+        self.spec = spec
+        k, pad = spec.kernel_size, spec.kernel_size // 2
+        act = [ACTIVATIONS[a] for a in spec.activations]
+        self.conv1 = nn.Conv2d(1, spec.c1, k, padding=pad)
+        self.bn1 = nn.BatchNorm2d(spec.c1)
+        self.act1 = act[0]()
+        self.conv2 = nn.Conv2d(spec.c1, spec.c2, k, padding=pad)
+        self.bn2 = nn.BatchNorm2d(spec.c2)
+        self.act2 = act[1]()
+        self.pool1 = nn.AvgPool2d(spec.pool1)
+        self.conv3 = nn.Conv2d(spec.c2, spec.c3, k, padding=pad)
+        self.bn3 = nn.BatchNorm2d(spec.c3)
+        self.act3 = act[2]()
+        self.pool2 = nn.AvgPool2d(spec.pool2)
+        h, w = self.pooled_shape(spec)
+        self.fc1 = nn.Linear(spec.c3 * h * w, spec.dense)
+        self.act4 = act[3]()
+        self.fc2 = nn.Linear(spec.dense, spec.n_classes)
+
+    @classmethod
+    def from_spec(cls, spec: CNNSpec) -> LowComplexityCNN:
+        return cls(spec=spec)
+
+    @staticmethod
+    def pooled_shape(spec: CNNSpec) -> tuple[int, int]:
+        """Height and width of the map after P2 (2 x 1 for the 40 x 51 input)."""
+        h, w = spec.n_mels // spec.pool1[0], spec.n_frames // spec.pool1[1]
+        h, w = h // spec.pool2[0], w // spec.pool2[1]
+        if h < 1 or w < 1:
+            raise ValueError(f"input {spec.n_mels}x{spec.n_frames} is too small for pools {spec.pool1}, {spec.pool2}")
+        return h, w
+
+    def conv_blocks(self) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
+        """The three convolution layers by their paper names, with their BatchNorm."""
+        return [("C1", self.conv1, self.bn1), ("C2", self.conv2, self.bn2), ("C3", self.conv3, self.bn3)]
+
+    def features(self, x: torch.Tensor, upto: str = "C3") -> torch.Tensor:
+        """Feature maps after the activation of layer ``upto`` (C1, C2 or C3), before pooling."""
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        x = self.act1(self.bn1(self.conv1(x)))
+        if upto == "C1":
+            return x
+        x = self.act2(self.bn2(self.conv2(x)))
+        if upto == "C2":
+            return x
+        x = self.act3(self.bn3(self.conv3(self.pool1(x))))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 40, 51) or (N, 40, 51) log-mel -> (N, n_classes) logits."""
+        x = self.pool2(self.features(x, "C3"))
+        x = torch.flatten(x, 1)  # channel-major, as METHOD-NOTES §5.4 assumes
+        x = self.act4(self.fc1(x))
+        return self.fc2(x)
+
+
+class CNNClassifier:
+    """A :class:`LowComplexityCNN` behind the classifier interface, with its class order; saves to a folder.
+
+    ``fit`` trains with :func:`lcasc.train.fit` (early stopping on ``X_val``), keeping checkpoints in
+    ``workdir`` so an interrupted fit resumes. ``net`` may be given to start from existing weights
+    (fine-tuning a pruned network).
+    """
+
+    def __init__(self, classes: list[str], spec: CNNSpec | None = None, net: LowComplexityCNN | None = None,
+                 train_config=None, workdir=None):
+        self.classes = list(classes)
+        self.spec = net.spec if net is not None else (spec or CNNSpec(n_classes=len(self.classes)))
+        if self.spec.n_classes != len(self.classes):
+            raise ValueError(f"spec has {self.spec.n_classes} outputs but there are {len(self.classes)} classes")
+        self.net = net if net is not None else LowComplexityCNN.from_spec(self.spec)
+        self.train_config, self.workdir, self.history = train_config, workdir, []
+
+    def fit(self, X, y, X_val=None, y_val=None) -> CNNClassifier:
+        import tempfile
+
+        from lcasc.train import TrainConfig, fit
+
+        if X_val is None:
+            raise ValueError("the CNN needs validation features for early stopping")
+        config = self.train_config or TrainConfig()
+        workdir = self.workdir or tempfile.mkdtemp(prefix="lcasc-train-")
+        self.net, self.history = fit(self.net, X, y, X_val, y_val, config, workdir)
+        return self
+
+    def predict_proba(self, X):
+        from lcasc.train import predict_logits
+
+        return torch.softmax(torch.from_numpy(predict_logits(self.net, X)), dim=1).numpy()
+
+    def save(self, folder) -> None:
+        """Write ``model.pt`` (spec, classes, weights) and a readable ``spec.json`` into ``folder``."""
+        from pathlib import Path
+
+        from lcasc.io import atomic_path, write_json
+
+        folder = Path(folder)
+        write_json(folder / "spec.json", {"spec": self.spec.to_dict(), "widths": self.spec.widths,
+                                          "classes": self.classes})
+        with atomic_path(folder / "model.pt") as tmp:
+            torch.save({"spec": self.spec.to_dict(), "classes": self.classes,
+                        "state_dict": self.net.state_dict()}, tmp)
+
+    @classmethod
+    def load(cls, folder) -> CNNClassifier:
+        from pathlib import Path
+
+        path = Path(folder) / "model.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no trained model here (run `lcasc train` first)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net = LowComplexityCNN.from_spec(CNNSpec.from_dict(state["spec"]))
+        net.load_state_dict(state["state_dict"])
+        return cls(state["classes"], net=net.eval())

@@ -1,0 +1,202 @@
+"""Training: Adam, batch 64, cross-entropy, early stopping on validation log-loss (paper §3).
+
+PyTorch Lightning runs the loop (devices, checkpoints, early stopping, progress bar); this module says
+what to compute. Features stay in memory as tensors and batches are sliced from them, with the shuffle
+order a function of (seed, epoch), so an interrupted run resumed from ``last.ckpt`` continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from torch import nn
+
+from lcasc.io import write_text
+
+log = logging.getLogger("lcasc")
+for _name in ("lightning.pytorch", "lightning.fabric"):  # keep Lightning's INFO chatter out of our output
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class _EpochBar(TQDMProgressBar):
+    """One progress bar per epoch; no separate bar for the (short) validation pass."""
+
+    def init_validation_tqdm(self):
+        bar = super().init_validation_tqdm()
+        bar.disable = True
+        return bar
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 1000  # the paper's budget; early stopping ends training long before
+    patience: int = 20  # epochs without a lower validation log-loss before stopping
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    progress: bool = True
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Index batches of a shuffled permutation that depends only on (seed, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool):
+        self.n, self.batch_size, self.seed, self.shuffle, self.epoch = n, batch_size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        return iter(order.split(self.batch_size))
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+
+class _InMemory(torch.utils.data.Dataset):
+    def __init__(self, X: np.ndarray, y: np.ndarray):
+        self.X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).unsqueeze(1)
+        self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, idx):  # idx is a whole batch of indices
+        return self.X[idx], self.y[idx]
+
+
+def loader(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool):
+    return torch.utils.data.DataLoader(_InMemory(X, y), sampler=EpochBatches(len(y), batch_size, seed, shuffle),
+                                       batch_size=None)
+
+
+class Classification(L.LightningModule):
+    """Any torch module mapping features to logits, trained with cross-entropy."""
+
+    def __init__(self, net: nn.Module, lr: float = 1e-3):
+        super().__init__()
+        self.net, self.lr = net, lr
+        self.history: list[dict] = []
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._train_loss: list[torch.Tensor] = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self._train_loss.append(loss.detach())
+        return loss
+
+    def validation_step(self, batch, _):
+        x, y = batch
+        self._val.append((self.net(x).float(), y))
+
+    def on_validation_epoch_end(self):
+        logits = torch.cat([v[0] for v in self._val])
+        y = torch.cat([v[1] for v in self._val])
+        self._val.clear()
+        val_loss = F.cross_entropy(logits, y)  # = multi-class log-loss of the softmax probabilities
+        val_acc = (logits.argmax(1) == y).float().mean()
+        self.log("val_log_loss", val_loss, prog_bar=True)
+        self.log("val_accuracy", val_acc, prog_bar=True)
+        if self.trainer.sanity_checking:
+            return
+        train_loss = torch.stack(self._train_loss).mean().item() if self._train_loss else float("nan")
+        self._train_loss.clear()
+        self.history.append({"epoch": self.current_epoch, "train_loss": round(train_loss, 6),
+                             "val_log_loss": round(val_loss.item(), 6), "val_accuracy": round(val_acc.item(), 6)})
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint):
+        self.history = checkpoint.get("history", [])
+
+
+class _EpochLog(Callback):
+    """Rewrites ``train_log.csv`` (one row per epoch) after each validation."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_validation_end(self, trainer, module):
+        if trainer.sanity_checking or not module.history:
+            return
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(module.history[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(module.history)
+        write_text(self.path, buf.getvalue())
+
+
+def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+        config: TrainConfig, workdir: str | Path) -> tuple[nn.Module, list[dict]]:
+    """Train ``net`` in place; returns it with the weights of the lowest validation log-loss, and the history.
+
+    ``workdir`` holds ``last.ckpt`` (resumed from if present), ``best.ckpt`` and ``train_log.csv``.
+    X: (N, 40, 51) float32, y: (N,) int64.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if len(X) == 0 or len(X_val) == 0:
+        raise ValueError(f"cannot train with {len(X)} training and {len(X_val)} validation segments")
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    torch.set_num_threads(os.cpu_count() or 1)
+    module = Classification(net, config.lr)
+    best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_log_loss", mode="min", save_top_k=1,
+                           save_last=True, enable_version_counter=False)
+    callbacks = [best, EarlyStopping("val_log_loss", patience=config.patience, mode="min"), _EpochLog(workdir /
+                 "train_log.csv")]
+    if config.progress:
+        callbacks.append(_EpochBar(leave=False))
+    trainer = L.Trainer(max_epochs=config.max_epochs, accelerator="auto", devices=1, logger=False,
+                        callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
+                        num_sanity_val_steps=0, deterministic=True, default_root_dir=workdir)
+    last = workdir / "last.ckpt"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*(LeafSpec|treespec|TreeSpec).*")
+        trainer.fit(module, loader(X, y, config.batch_size, config.seed, True),
+                    loader(X_val, y_val, 1024, config.seed, False),
+                    ckpt_path=str(last) if last.is_file() else None)
+    state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    net = module.net.cpu().eval()
+    return net, module.history
+
+
+def predict_logits(net: nn.Module, X: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """(N, 40, 51) -> (N, n_classes) logits, in eval mode, batched."""
+    net.eval()
+    device = next(net.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(X), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(X[start:start + batch_size], dtype=np.float32))
+            out.append(net(x.unsqueeze(1).to(device)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return asdict(config)
