@@ -87,16 +87,15 @@ class Run:
                                "use another --out, or delete the folder to start over")
         config.train.progress = progress
         self.config, self.progress = config, progress
+        # Read the dataset's metadata first: a bad dataset must not leave a run directory behind.
+        self._dataset: Dataset = load_dataset(config.dataset, config.layout)
+        self._features: FeatureSet | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
         write_yaml(saved, config.to_dict())
-        self._dataset: Dataset | None = None
-        self._features: FeatureSet | None = None
 
     # -- data ---------------------------------------------------------------------------------------
     @property
     def dataset(self) -> Dataset:
-        if self._dataset is None:
-            self._dataset = load_dataset(self.config.dataset, self.config.layout)
         return self._dataset
 
     @property
@@ -111,7 +110,8 @@ class Run:
             if self.config.silence_db is not None:
                 keep = fs.level_db >= self.config.silence_db
             self._features = fs.select(keep)
-            per_split = {s: int((self._features.split == s).sum()) for s in ("train", "validate", "test")}
+            per_split = {s: int((self._features.split == self.dataset.aliases.get(s, s)).sum())
+                         for s in ("train", "validate", "test")}
             self.data_summary = {**self.dataset.summary(), "segments": per_split,
                                  "silent_segments_dropped": int((~keep).sum()),
                                  "skipped_files": len(problems), "skipped_rows": len(self.dataset.skipped),
@@ -119,7 +119,7 @@ class Run:
         return self._features
 
     def split(self, name: str) -> FeatureSet:
-        fs = self.features().subset(name)
+        fs = self.features().subset(self.dataset.aliases.get(name, name))
         if name != "test" and len(fs) == 0:
             raise RunError(f"the {name} split has no usable segments")
         return fs

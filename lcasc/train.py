@@ -50,20 +50,23 @@ class TrainConfig:
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Index batches of a shuffled permutation that depends only on (seed, epoch)."""
+    """Index batches of a shuffled permutation that depends only on (seed, epoch).
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool):
-        self.n, self.batch_size, self.seed, self.shuffle, self.epoch = n, batch_size, seed, shuffle, 0
+    ``epoch`` is asked for when an epoch's iteration starts (Lightning's ``set_epoch`` comes too late after
+    a resume from a checkpoint, so the trainer's own epoch counter is read instead).
+    """
 
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
-        self.epoch = epoch
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, epoch=lambda: 0):
+        self.n, self.batch_size, self.seed, self.shuffle, self.epoch = n, batch_size, seed, shuffle, epoch
 
     def __iter__(self):
+        # A generator: the order is drawn when the first batch is fetched, when the epoch counter is current.
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch())
+            order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
-        return iter(order.split(self.batch_size))
+        yield from order.split(self.batch_size)
 
     def __len__(self) -> int:
         return (self.n + self.batch_size - 1) // self.batch_size
@@ -81,9 +84,9 @@ class _InMemory(torch.utils.data.Dataset):
         return self.X[idx], self.y[idx]
 
 
-def loader(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool):
-    return torch.utils.data.DataLoader(_InMemory(X, y), sampler=EpochBatches(len(y), batch_size, seed, shuffle),
-                                       batch_size=None)
+def loader(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool, epoch=lambda: 0):
+    return torch.utils.data.DataLoader(_InMemory(X, y), batch_size=None,
+                                       sampler=EpochBatches(len(y), batch_size, seed, shuffle, epoch))
 
 
 class Classification(L.LightningModule):
@@ -177,7 +180,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*(LeafSpec|treespec|TreeSpec).*")
-        trainer.fit(module, loader(X, y, config.batch_size, config.seed, True),
+        trainer.fit(module, loader(X, y, config.batch_size, config.seed, True, lambda: trainer.current_epoch),
                     loader(X_val, y_val, 1024, config.seed, False),
                     ckpt_path=str(last) if last.is_file() else None)
     state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)

@@ -152,7 +152,7 @@ class CNNClassifier:
         self.spec = net.spec if net is not None else (spec or CNNSpec(n_classes=len(self.classes)))
         if self.spec.n_classes != len(self.classes):
             raise ValueError(f"spec has {self.spec.n_classes} outputs but there are {len(self.classes)} classes")
-        self.net = net if net is not None else LowComplexityCNN.from_spec(self.spec)
+        self.net = net
         self.train_config, self.workdir, self.history = train_config, workdir, []
 
     def fit(self, X, y, X_val=None, y_val=None) -> CNNClassifier:
@@ -163,6 +163,9 @@ class CNNClassifier:
         if X_val is None:
             raise ValueError("the CNN needs validation features for early stopping")
         config = self.train_config or TrainConfig()
+        if self.net is None:  # initial weights follow the seed too
+            torch.manual_seed(config.seed)
+            self.net = LowComplexityCNN.from_spec(self.spec)
         workdir = self.workdir or tempfile.mkdtemp(prefix="lcasc-train-")
         self.net, self.history = fit(self.net, X, y, X_val, y_val, config, workdir)
         return self
@@ -170,6 +173,8 @@ class CNNClassifier:
     def predict_proba(self, X):
         from lcasc.train import predict_logits
 
+        if self.net is None:
+            raise RuntimeError("predict_proba before fit: train the classifier or load a saved one")
         return torch.softmax(torch.from_numpy(predict_logits(self.net, X)), dim=1).numpy()
 
     def save(self, folder) -> None:

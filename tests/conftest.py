@@ -1,0 +1,86 @@
+"""Shared fixtures: small real datasets cut from the embedded ESC-10 recordings (no ../shared needed)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from lcasc.audio import load
+from lcasc.data.datasets import EMBEDDED
+
+ESC10 = EMBEDDED.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets a feature cache of its own unless it passes one explicitly."""
+    monkeypatch.setenv("LCASC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def embedded_rows() -> list[dict]:
+    with open(EMBEDDED, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def real_clips(n_per_class: int = 1, split: str = "train") -> list[tuple[Path, str]]:
+    """(path, label) of the first ``n_per_class`` embedded recordings of each class in ``split``."""
+    out, count = [], {}
+    for row in embedded_rows():
+        if row["split"] == split and count.get(row["label"], 0) < n_per_class:
+            count[row["label"]] = count.get(row["label"], 0) + 1
+            out.append((ESC10 / row["filename"], row["label"]))
+    return out
+
+
+def make_tau22(root: Path, classes=("dog_bark", "rain", "rooster"), per_split: int = 2) -> Path:
+    """A TAU-2022-style tree of 1-second 24-bit WAV clips cut from real ESC-10 recordings."""
+    (root / "audio").mkdir(parents=True)
+    (root / "evaluation_setup").mkdir()
+    meta, folds = [], {"train": [], "evaluate": [], "test": []}
+    devices = ["a", "b", "s1"]
+    for label in classes:
+        for split in ("train", "validate", "test"):
+            for k, (path, _) in enumerate([c for c in real_clips(8, split) if c[1] == label][:per_split]):
+                x = load(path)
+                for seg in range(2):
+                    dev = devices[(k + seg) % 3]
+                    name = f"audio/{label}-city{k}-{k}{split[:2]}-{seg}-{dev}.wav"
+                    sf.write(root / name, x[seg * 44100:(seg + 1) * 44100], 44100, subtype="PCM_24")
+                    meta.append((name, label, f"city{k}-{k}{split[:2]}", dev))
+                    folds["train" if split == "train" else "evaluate"].append((name, label))
+                    if split == "test":
+                        folds["test"].append((name,))
+    # The development set's test list is its evaluate list without labels.
+    with open(root / "meta.csv", "w") as fh:
+        fh.write("filename\tscene_label\tidentifier\tsource_label\n")
+        fh.writelines(f"{n}\t{lab}\t{i}\t{d}\n" for n, lab, i, d in meta)
+    for fold, rows in folds.items():
+        with open(root / "evaluation_setup" / f"fold1_{fold}.csv", "w") as fh:
+            fh.write("filename\tscene_label\n" if fold != "test" else "filename\n")
+            fh.writelines("\t".join(r) + "\n" for r in rows)
+    return root
+
+
+def make_csv_dataset(root: Path, per_class: int = 2, classes=None, extra_rows=()) -> Path:
+    """A ``filename,label,split`` CSV over real embedded recordings (paths relative to the CSV)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split in ("train", "validate", "test"):
+        for path, label in real_clips(per_class, split):
+            if classes is None or label in classes:
+                rows.append((str(path), label, split))
+    with open(root / "data.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["filename", "label", "split"])
+        w.writerows(rows)
+        w.writerows(extra_rows)
+    return root / "data.csv"
+
+
+def white_noise(seconds: float, sr: int = 44100, channels: int = 1, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(0, 0.1, (int(seconds * sr), channels)).astype(np.float32)
+    return x[:, 0] if channels == 1 else x

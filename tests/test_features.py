@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import scipy.signal
+
+from lcasc import audio
+from lcasc.data import default_dataset
+from lcasc.data.datasets import load_csv
+from lcasc.features import EPS, FeatureParams, extract, logmel
+
+from .conftest import make_csv_dataset, real_clips
+
+librosa = pytest.importorskip("librosa")
+
+
+def librosa_logmel(x: np.ndarray) -> np.ndarray:
+    """The DCASE 2022 baseline's definition, computed the plain way with librosa (the oracle)."""
+    window = scipy.signal.get_window("hamming", 1764, fftbins=True)
+    spec = np.abs(librosa.stft(x.astype(np.float64) + EPS, n_fft=2048, hop_length=882, win_length=1764,
+                               window=window, center=True, pad_mode="reflect"))
+    mel = librosa.filters.mel(sr=44100, n_fft=2048, n_mels=40, fmin=0, fmax=22050)
+    return np.log(mel @ spec + EPS)
+
+
+def test_features_equal_librosa_on_real_clips():
+    segments = np.concatenate([audio.segment(audio.load(p)) for p, _ in real_clips(1)])
+    assert len(segments) >= 40
+    ours = logmel(segments)
+    oracle = np.stack([librosa_logmel(s) for s in segments])
+    assert ours.shape == (len(segments), 40, 51) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, oracle, atol=1e-4, rtol=0)
+
+
+def test_batching_does_not_change_features():
+    segments = audio.segment(audio.load(real_clips(1)[0][0]))
+    np.testing.assert_array_equal(logmel(segments, batch=1), logmel(segments, batch=128))
+
+
+def test_one_second_gives_51_frames_and_40_bands():
+    assert FeatureParams().n_frames == 51
+    assert logmel(np.zeros((1, 44100))).shape == (1, 40, 51)
+
+
+def test_cache_reuses_unchanged_and_recomputes_changed(tmp_path):
+    csv_path = make_csv_dataset(tmp_path / "ds", per_class=1, classes={"rain", "rooster"})
+    ds = load_csv(csv_path)
+    cache = tmp_path / "cache"
+    first, _ = extract(ds, cache_dir=cache, progress=False)
+    files = sorted(cache.glob("*.npz"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    again, _ = extract(ds, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(first.X, again.X)
+    assert files[0].stat().st_mtime_ns == mtime  # reused, not rewritten
+    extract(ds, FeatureParams(n_mels=32), cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.npz"))) == 2  # a changed parameter is a new key
+
+
+def test_damaged_cache_is_recomputed_not_trusted(tmp_path):
+    ds = load_csv(make_csv_dataset(tmp_path / "ds", per_class=1, classes={"rain"}))
+    cache = tmp_path / "cache"
+    good, _ = extract(ds, cache_dir=cache, progress=False)
+    chunk = next(cache.glob("*.npz"))
+    chunk.write_bytes(chunk.read_bytes()[:100])  # as if killed mid-write by another tool
+    again, _ = extract(ds, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(good.X, again.X)
+
+
+def test_segments_remember_their_recording_and_split():
+    fs, problems = extract(default_dataset(), progress=False)
+    assert problems == []
+    assert fs.X.shape[1:] == (40, 51)
+    for r in np.unique(fs.recording):
+        assert len(set(fs.split[fs.recording == r])) == 1
+        assert sorted(fs.segment[fs.recording == r]) == list(range((fs.recording == r).sum()))
+    assert np.median(np.bincount(fs.recording)) == 5  # ESC-10 clips are about 5 s long
