@@ -5,3 +5,10 @@ similarity-based filter pruning -> INT8 -> ensembles, with parameters, MACs and 
 """
 
 __version__ = "0.1.0"
+
+
+def load(run_dir, model=None, ensemble=None):
+    """A predictor for a run directory: ``lcasc.load("runs/default").predict("clip.wav")``."""
+    from lcasc.predict import load as _load
+
+    return _load(run_dir, model, ensemble)

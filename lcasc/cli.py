@@ -71,8 +71,12 @@ def _summary(run, res: dict) -> None:
     print(f"data: {data.get('segments')} segments; {data.get('silent_segments_dropped', 0)} silent segments "
           f"left out; {data.get('skipped_files', 0)} files and {data.get('skipped_rows', 0)} metadata rows skipped")
     for n in res["networks"]:
-        print(f"  {n['name']:<14} {n['precision']:<8} {n.get('widths', ''):<14} acc {100 * n['accuracy']:5.1f} %  "
-              f"log-loss {n['log_loss']:.3f}  params {n['params']:>7,}  MACs {n['macs']:>11,}  {n['size_kb']} KB")
+        cost = (f"params {n['params']:>7,}  MACs {n['macs']:>11,}  {n['size_kb']} KB" if n.get("size_kb") else "")
+        print(f"  {n['name']:<20} {n['precision']:<8} {n.get('widths', n['kind']):<14} acc {100 * n['accuracy']:5.1f} %"
+              f"  log-loss {n['log_loss']:.3f}  {cost}")
+    for e in res["ensembles"]:
+        print(f"  {e['name']:<28} {len(e['members'])} members  acc {100 * e['accuracy']:5.1f} %  log-loss "
+              f"{e['log_loss']:.3f}  params {e['params']:>7,}  MACs {e['macs']:>11,}")
     print(f"report: {run.dir / 'report.md'}")
 
 
@@ -101,6 +105,73 @@ def cmd_evaluate(args) -> int:
     entry = stage_evaluate(run)
     report.write(run)
     print(json.dumps(entry, indent=2))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from lcasc import report
+    from lcasc.pipeline import stage_prune
+
+    run = _existing_run(args)
+    for e in stage_prune(run, args.layers, args.criterion):
+        print(f"{e['name']:<24} {e['widths']:<14} removed {sum(len(v) for v in e['removed'].values()):>3}  "
+              f"acc {100 * e['before_finetune']['accuracy']:5.1f} -> {100 * e['accuracy']:5.1f} %  "
+              f"log-loss {e['before_finetune']['log_loss']:.3f} -> {e['log_loss']:.3f}")
+    report.write(run)
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from lcasc import report
+    from lcasc.pipeline import stage_ensemble
+
+    run = _existing_run(args)
+    for e in stage_ensemble(run, args.members, args.budget_params, args.budget_macs):
+        print(f"{e['name']:<32} {len(e['members'])} members  acc {100 * e['accuracy']:5.1f} %  "
+              f"log-loss {e['log_loss']:.3f}  params {e['params']:>7,}  MACs {e['macs']:>11,}  {e['size_kb']} KB")
+    report.write(run)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from tqdm.auto import tqdm
+
+    from lcasc.audio import AudioError
+    from lcasc.predict import expand, format_predictions, load
+
+    predictor = load(args.run, args.model, args.ensemble)
+    files = expand(args.files)
+    if not files:
+        print("lcasc: error: no audio files found in the given paths", file=sys.stderr)
+        return 2
+    preds, failed = [], 0
+    for f in tqdm(files, desc="predict", unit="file", disable=args.quiet or len(files) < 20):
+        try:
+            preds.append(predictor.predict(f))
+        except AudioError as e:
+            failed += 1
+            print(f"lcasc: skipped: {e}", file=sys.stderr)
+    text = format_predictions(preds, args.format)
+    if args.output:
+        from lcasc.io import write_text
+
+        write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    if failed:
+        print(f"lcasc: {failed} of {len(files)} files could not be read", file=sys.stderr)
+    return 0 if preds else 2
+
+
+def cmd_baselines(args) -> int:
+    from lcasc import report
+    from lcasc.pipeline import stage_baselines
+
+    run = _existing_run(args)
+    for e in stage_baselines(run, args.only, args.vggish_weights, args.vggish_epochs):
+        print(f"{e['name']:<8} acc {100 * e['accuracy']:5.1f} %  log-loss {e['log_loss']:.3f}  "
+              f"best {e['best_params'] or '-'}  ({e['fit_seconds']} s)")
+    report.write(run)
     return 0
 
 
@@ -160,6 +231,53 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, formatter_class=_Formatter, help=text, description=text + ".")
         p.add_argument("--run", required=True, metavar="DIR", help="run directory made by `lcasc features`/`run`")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("prune", formatter_class=_Formatter, help="prune the trained CNN and fine-tune the results",
+                       description="Find redundant filters of C1, C2, C3 once on the unpruned network (cosine "
+                                   "distance between rank-1 filter prototypes, METHOD-NOTES §5), build the smaller "
+                                   "networks for each layer combination, fine-tune and evaluate them.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory with a trained unpruned network")
+    p.add_argument("--layers", nargs="+", choices=["C1", "C2", "C3", "C12", "C23", "C123"],
+                   help="layer combinations to prune (default: all six of paper Table 2)")
+    p.add_argument("--criterion", choices=["similarity", "l1", "random"], default="similarity",
+                   help="which filters go: similar pairs (the paper), or, removing as many per layer, the "
+                        "smallest L1 norms or random ones (for comparison)")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("ensemble", formatter_class=_Formatter, help="ensembles of the run's networks",
+                       description="Equal-weight mean of member probabilities. Default: the six pruned networks "
+                                   "and each leave-one-out subset (paper Table 3), for float and INT8 members, "
+                                   "plus the subset of all networks with the lowest validation log-loss within "
+                                   "the budget.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory")
+    p.add_argument("--members", nargs="+", metavar="NAME", help="network names (default: the pruned family)")
+    p.add_argument("--budget-params", type=int, default=128_000, help="parameter budget of the subset search")
+    p.add_argument("--budget-macs", type=int, default=30_000_000, help="MAC budget of the subset search")
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("predict", formatter_class=_Formatter, help="scene of your own recordings",
+                       description="Per-second scene probabilities and a scene per file, for audio files or "
+                                   "folders of them (any length, rate, channels; WAV, FLAC, Ogg, MP3).")
+    p.add_argument("files", nargs="+", metavar="AUDIO", help="audio files or folders")
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="NAME", help="network name (default: lowest validation log-loss)")
+    which.add_argument("--ensemble", metavar="NAME", help="ensemble name from results.json")
+    p.add_argument("--format", choices=["table", "json", "csv", "dcase"], default="table",
+                   help="dcase: tab-separated filename, scene_label, one probability column per class")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("baselines", formatter_class=_Formatter, help="the paper's comparison methods",
+                       description="GMM, random forest, MLP, DLSI (time-averaged log-mel) and VGGish (end to end), "
+                                   "hyper-parameters chosen on the validation split, evaluated on the test split.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory")
+    p.add_argument("--only", nargs="+", choices=["gmm", "rf", "mlp", "dlsi", "vggish"],
+                   help="which baselines (default: gmm rf mlp dlsi; VGGish only on request, it costs ~1 GMAC/s)")
+    p.add_argument("--vggish-weights", metavar="PATH",
+                   help="state dict of the torchvggish port (.pth) to initialise VGGish's convolutions")
+    p.add_argument("--vggish-epochs", type=int, default=30, help="VGGish training epochs at most")
+    p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("complexity", formatter_class=_Formatter, help="parameters, MACs and INT8 size of networks",
                        description="Count parameters, MACs and INT8 size (METHOD-NOTES §4 conventions) of one "

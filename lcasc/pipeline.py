@@ -182,39 +182,284 @@ def stage_train(run: Run, name: str = UNPRUNED) -> CNNClassifier:
     return clf
 
 
-def evaluate_classifier(run: Run, clf, name: str, extra: dict | None = None) -> dict:
+def evaluate_classifier(run: Run, clf, name: str, extra: dict | None = None, figure: bool = True) -> dict:
     """Evaluate any classifier on the test split (and validation); returns the results entry fields."""
     te, va = run.split("test"), run.split("validate")
     if len(te) == 0:
         raise RunError("the test split has no usable segments to evaluate on")
-    ev = metrics.evaluate(clf.predict_proba(te.X), te.y, run.classes, te.device, te.recording)
-    val = metrics.scores(clf.predict_proba(va.X), va.y, len(run.classes))
+    return evaluate_probs(run, name, clf.predict_proba(te.X), clf.predict_proba(va.X), extra, figure)
+
+
+def evaluate_probs(run: Run, name: str, test_probs: np.ndarray, val_probs: np.ndarray, extra: dict | None = None,
+                   figure: bool = True) -> dict:
+    """Metrics of given test/validation probabilities; writes models/<name>/evaluation.json (+ confusion PNG)."""
+    te, va = run.split("test"), run.split("validate")
+    ev = metrics.evaluate(test_probs, te.y, run.classes, te.device, te.recording)
+    val = metrics.scores(val_probs, va.y, len(run.classes))
     write_json(run.model_dir(name) / "evaluation.json", {"test": ev, "validate": val})
-    plots.confusion(np.array(ev["confusion"]), run.classes, run.figure(f"confusion_{name}.png"),
-                    f"{name}: test accuracy {100 * ev['accuracy']:.1f} %")
+    if figure:
+        plots.confusion(np.array(ev["confusion"]), run.classes, run.figure(f"confusion_{name}.png"),
+                        f"{name}: test accuracy {100 * ev['accuracy']:.1f} %")
     return {"accuracy": round(ev["accuracy"], 6), "class_avg_accuracy": round(ev["class_avg_accuracy"], 6),
             "log_loss": round(ev["log_loss"], 6), "recording_accuracy": round(ev["recording_accuracy"], 6),
             "validation": {k: round(v, 6) for k, v in val.items()}, **(extra or {})}
 
 
-def stage_evaluate(run: Run, name: str = UNPRUNED) -> dict:
+def stage_evaluate(run: Run, name: str = UNPRUNED, extra: dict | None = None) -> dict:
     clf = CNNClassifier.load(run.model_dir(name))
     cx = complexity.of_spec(clf.spec)
     entry = {"name": name, "kind": "cnn", "precision": "float32", "widths": clf.spec.widths,
              **evaluate_classifier(run, clf, name), "params": cx.params, "macs": cx.macs, "size_kb": cx.size_kb,
-             "within_dcase_limits": cx.within_dcase_limits}
+             "within_dcase_limits": cx.within_dcase_limits, **(extra or {})}
     run.record("networks", entry)
     log.info("evaluate: %s accuracy %.3f, class-avg %.3f, log-loss %.3f", name, entry["accuracy"],
              entry["class_avg_accuracy"], entry["log_loss"])
     return entry
 
 
+def load_classifier(run_dir: Path, results: dict, model: str | None = None, ensemble: str | None = None):
+    """(name, classifier) of a run: a network by name, an ensemble by name, or by default the float
+    network with the lowest validation log-loss."""
+    from lcasc.ensemble import EnsembleClassifier
+
+    run_dir = Path(run_dir)
+    if ensemble is not None:
+        entry = next((e for e in results.get("ensembles", []) if e["name"] == ensemble), None)
+        if entry is None:
+            known = ", ".join(e["name"] for e in results.get("ensembles", [])) or "none"
+            raise RunError(f"{run_dir}: no ensemble named {ensemble!r} (known: {known})")
+        return ensemble, EnsembleClassifier([load_classifier(run_dir, results, m)[1] for m in entry["members"]],
+                                            entry["members"])
+    nets = {n["name"]: n for n in results.get("networks", [])}
+    if model is None:
+        floats = [n for n in nets.values() if n.get("precision") == "float32" and n.get("kind", "cnn") == "cnn"]
+        if not floats:
+            raise RunError(f"{run_dir}: no trained network in results.json")
+        model = min(floats, key=lambda n: n["validation"]["log_loss"])["name"]
+    if model not in nets:
+        raise RunError(f"{run_dir}: no network named {model!r} (known: {', '.join(nets) or 'none'})")
+    return model, CNNClassifier.load(run_dir / "models" / model)
+
+
+# Paper Table 2: which layers each pruned network prunes.
+LAYER_SETS = {"C1": ("C1",), "C2": ("C2",), "C3": ("C3",), "C12": ("C1", "C2"), "C23": ("C2", "C3"),
+              "C123": ("C1", "C2", "C3")}
+
+
+def pruned_name(combo: str, criterion: str = "similarity") -> str:
+    return f"pruned_{combo}" if criterion == "similarity" else f"pruned_{criterion}_{combo}"
+
+
+def stage_prune(run: Run, layers: list[str] | None = None, criterion: str = "similarity") -> list[dict]:
+    """Prune the unpruned network (indices found once per layer), fine-tune and evaluate each combination."""
+    from lcasc import prune
+
+    layers = list(layers or LAYER_SETS)
+    unknown = [c for c in layers if c not in LAYER_SETS]
+    if unknown:
+        raise RunError(f"unknown layer combination(s) {', '.join(unknown)}; choose from {', '.join(LAYER_SETS)}")
+    base = CNNClassifier.load(run.model_dir(UNPRUNED))
+    index_file = run.dir / "models" / f"pruning_{criterion}.json"
+    removed_all = read_json(index_file)
+    if removed_all is None:
+        removed_all = prune.find_redundant(base.net, criterion=criterion, seed=run.config.train.seed)
+        write_json(index_file, removed_all)
+    log.info("prune (%s): removing %s filters of C1/C2/C3", criterion,
+             "/".join(str(len(removed_all[k])) for k in ("C1", "C2", "C3")))
+    va, te = run.split("validate"), run.split("test")
+    entries = []
+    for combo in layers:
+        name = pruned_name(combo, criterion)
+        removed = {layer: removed_all[layer] for layer in LAYER_SETS[combo]}
+        net = prune.prune_network(base.net, removed)
+        pruned = CNNClassifier(run.classes, net=net, train_config=run.config.train, workdir=run.model_dir(name))
+        before = {"test": {k: round(v, 6) for k, v in metrics.scores(pruned.predict_proba(te.X), te.y,
+                                                                     len(run.classes)).items()},
+                  "validate": {k: round(v, 6) for k, v in metrics.scores(pruned.predict_proba(va.X), va.y,
+                                                                         len(run.classes)).items()}}
+        if not (run.model_dir(name) / "model.pt").is_file():
+            tr = run.split("train")
+            pruned.fit(tr.X, tr.y, va.X, va.y)
+            pruned.save(run.model_dir(name))
+        entries.append(stage_evaluate(run, name, {"criterion": criterion, "pruned_layers": combo,
+                                                  "removed": removed, "before_finetune": before["test"],
+                                                  "before_finetune_validation": before["validate"]}))
+    plots.pruning_effect(entries, run.figure(f"pruning_{criterion}.png"), criterion)
+    return entries
+
+
+def stage_quantize(run: Run, names: list[str] | None = None, calibration_segments: int = 500) -> list[dict]:
+    """Full-integer INT8 TFLite (for TensorFlow Lite Micro) and ONNX (float, INT8 QDQ) of every float CNN,
+    evaluated by running the INT8 file itself in tflite-micro."""
+    from lcasc import quantize
+
+    floats = [n for n in run.results()["networks"] if n["precision"] == "float32" and n.get("kind", "cnn") == "cnn"]
+    if names:
+        floats = [n for n in floats if n["name"] in names]
+    tr = run.split("train")
+    rng = np.random.default_rng(run.config.train.seed)
+    calibration = tr.X[np.sort(rng.choice(len(tr), min(calibration_segments, len(tr)), replace=False))]
+    entries = []
+    for net_entry in floats:
+        name, folder = net_entry["name"], run.model_dir(net_entry["name"])
+        clf = CNNClassifier.load(folder)
+        tflite = folder / "model_int8.tflite"
+        if not tflite.is_file():
+            quantize.export_tflite_int8(clf.net, calibration, tflite)
+        if not (folder / "model_int8.onnx").is_file():
+            quantize.export_onnx(clf.net, folder / "model.onnx")
+            quantize.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", calibration)
+        int8 = quantize.TFLiteMicroClassifier(tflite, run.classes)
+        entry = {"name": f"{name}_int8", "kind": "cnn", "precision": "int8", "widths": net_entry["widths"],
+                 **evaluate_classifier(run, int8, f"{name}_int8", figure=False),
+                 "params": net_entry["params"], "macs": net_entry["macs"], "size_kb": net_entry["size_kb"],
+                 "within_dcase_limits": net_entry["within_dcase_limits"],
+                 "file": str(tflite.relative_to(run.dir)), "file_bytes": tflite.stat().st_size,
+                 "arena_bytes": quantize.arena_bytes(tflite),
+                 "onnx_int8_bytes": (folder / "model_int8.onnx").stat().st_size,
+                 "float_accuracy": net_entry["accuracy"], "float_log_loss": net_entry["log_loss"],
+                 **{k: net_entry[k] for k in ("criterion", "pruned_layers") if k in net_entry}}
+        run.record("networks", entry)
+        log.info("int8: %s accuracy %.3f (float %.3f), %d bytes, arena %d bytes", name, entry["accuracy"],
+                 net_entry["accuracy"], entry["file_bytes"], entry["arena_bytes"])
+        entries.append(entry)
+    return entries
+
+
+BASELINES = ("gmm", "rf", "mlp", "dlsi", "vggish")
+CHEAP_BASELINES = ("gmm", "rf", "mlp", "dlsi")
+
+
+def make_baseline(kind: str, run: Run, vggish_weights: str | None = None, vggish_epochs: int = 30):
+    """The paper's comparison methods (METHOD-NOTES §7), each behind the classifier interface."""
+    from lcasc.models import baselines
+    from lcasc.models.vggish import VGGishClassifier
+
+    seed, classes = run.config.train.seed, run.classes
+    if kind == "gmm":
+        return baselines.GMMClassifier(classes, seed=seed)
+    if kind == "rf":
+        return baselines.RandomForestBaseline(classes, seed=seed)
+    if kind == "mlp":
+        return baselines.MLPBaseline(classes, seed=seed)
+    if kind == "dlsi":
+        return baselines.DLSIClassifier(classes, seed=seed)
+    if kind == "vggish":
+        return VGGishClassifier(classes, weights_path=vggish_weights, max_epochs=vggish_epochs,
+                                patience=min(run.config.train.patience, 5), seed=seed,
+                                workdir=run.model_dir("vggish"))
+    raise RunError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
+
+
+def _baseline_cost(kind: str, clf) -> dict:
+    """Parameters and MACs where they are well defined (neural baselines), else None."""
+    if kind == "vggish":
+        cx = complexity.count(clf.model_.net)
+        return {"params": cx.params, "macs": cx.macs, "size_kb": None, "pretrained": clf.pretrained}
+    if kind == "mlp":
+        layers = [40, *clf.hidden, len(clf.classes)]
+        params = sum(a * b + b for a, b in zip(layers, layers[1:], strict=False))
+        macs = sum(a * b for a, b in zip(layers, layers[1:], strict=False))
+        return {"params": params, "macs": macs, "size_kb": None}
+    return {"params": None, "macs": None, "size_kb": None}
+
+
+def stage_baselines(run: Run, only: list[str] | None = None, vggish_weights: str | None = None,
+                    vggish_epochs: int = 30) -> list[dict]:
+    """Fit every requested baseline on train (choosing hyper-parameters on validation), evaluate on test."""
+    tr, va = run.split("train"), run.split("validate")
+    entries = []
+    for kind in only or CHEAP_BASELINES:
+        t0 = time.perf_counter()
+        clf = make_baseline(kind, run, vggish_weights, vggish_epochs).fit(tr.X, tr.y, va.X, va.y)
+        entry = {"name": kind, "kind": "baseline", "precision": "float32",
+                 **evaluate_classifier(run, clf, kind, figure=False), **_baseline_cost(kind, clf),
+                 "best_params": {k: (v.item() if hasattr(v, "item") else v)
+                                 for k, v in getattr(clf, "best_params_", {}).items()},
+                 "fit_seconds": round(time.perf_counter() - t0, 2)}
+        run.record("networks", entry)
+        log.info("baseline %s: accuracy %.3f, log-loss %.3f (%.1f s)", kind, entry["accuracy"], entry["log_loss"],
+                 entry["fit_seconds"])
+        entries.append(entry)
+    return entries
+
+
+def member_classifier(run: Run, entry: dict):
+    """The classifier behind a ``results.json`` network entry (float model or INT8 file)."""
+    if entry.get("precision") == "int8":
+        from lcasc.quantize import TFLiteMicroClassifier
+
+        return TFLiteMicroClassifier(run.dir / entry["file"], run.classes)
+    return CNNClassifier.load(run.model_dir(entry["name"]))
+
+
+def _cost(entry: dict) -> complexity.Complexity:
+    return complexity.Complexity(entry["params"], entry["macs"], round(entry["size_kb"] * 1000))
+
+
+def stage_ensemble(run: Run, members: list[str] | None = None, budget_params: int = complexity.DCASE_MAX_PARAMS,
+                   budget_macs: int = complexity.DCASE_MAX_MACS) -> list[dict]:
+    """Paper Table 3 (all members and each leave-one-out subset) for float and INT8 members, and the best
+    subset of all networks within a budget, chosen on the validation split and reported on the test split."""
+    from lcasc.ensemble import best_subset, paper_table3_subsets
+
+    nets = {n["name"]: n for n in run.results()["networks"] if n.get("kind", "cnn") == "cnn"}
+    te, va = run.split("test"), run.split("validate")
+    probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def member_probs(name):
+        if name not in probs:
+            clf = member_classifier(run, nets[name])
+            probs[name] = (clf.predict_proba(te.X), clf.predict_proba(va.X))
+        return probs[name]
+
+    def record(name, subset, extra):
+        cost = complexity.total([_cost(nets[m]) for m in subset])
+        fields = evaluate_probs(run, name, np.mean([member_probs(m)[0] for m in subset], axis=0),
+                                np.mean([member_probs(m)[1] for m in subset], axis=0), figure=False)
+        entry = {"name": name, "kind": "ensemble", "members": list(subset),
+                 "precision": "/".join(sorted({nets[m]["precision"] for m in subset})), **fields,
+                 "params": cost.params, "macs": cost.macs, "size_kb": cost.size_kb,
+                 "within_dcase_limits": cost.within_dcase_limits, **extra}
+        run.record("ensembles", entry)
+        return entry
+
+    entries = []
+    unknown = [m for m in members or [] if m not in nets]
+    if unknown:
+        raise RunError(f"unknown network(s) {', '.join(unknown)}; known: {', '.join(nets)}")
+    for precision, suffix in (("float32", ""), ("int8", "_int8")):
+        group = members or [n for n, e in nets.items() if e["precision"] == precision and e.get("criterion") ==
+                            "similarity"]
+        group = [m for m in group if nets[m]["precision"] == precision]
+        if len(group) < 2:
+            continue
+        short = {m: nets[m].get("pruned_layers", m) for m in group}
+        for subset in paper_table3_subsets(group):
+            left_out = [short[m] for m in group if m not in subset]
+            label = f"without_{left_out[0]}" if left_out else "all"
+            entries.append(record(f"ensemble_{label}{suffix}", subset, {"table": "paper_table3"}))
+        candidates = {m: member_probs(m)[1] for m in nets if nets[m]["precision"] == precision}
+        best = best_subset(candidates, va.y, {m: _cost(nets[m]) for m in candidates}, budget_params, budget_macs)
+        if best is not None:
+            entry = record(f"ensemble_best_budget{suffix}", best[0],
+                           {"table": "budget", "budget": {"params": budget_params, "macs": budget_macs}})
+            entries.append(entry)
+    if entries:
+        best = max(entries, key=lambda e: e["validation"]["accuracy"])
+        ev = read_json(run.model_dir(best["name"]) / "evaluation.json")["test"]
+        plots.confusion(np.array(ev["confusion"]), run.classes, run.figure("confusion_best_ensemble.png"),
+                        f"best ensemble {best['name']}: test accuracy {100 * ev['accuracy']:.1f} %")
+    return entries
+
+
 def run_all(run: Run) -> dict:
-    """``lcasc run``: features -> train -> evaluate (with complexity) -> report."""
+    """``lcasc run``: features -> train -> evaluate (with complexity) -> prune + fine-tune -> ensembles -> report."""
     from lcasc import report
 
     timings = {}
-    for stage, fn in (("features", stage_features), ("train", stage_train), ("evaluate", stage_evaluate)):
+    for stage, fn in (("features", stage_features), ("train", stage_train), ("evaluate", stage_evaluate),
+                      ("prune", stage_prune), ("ensemble", stage_ensemble)):
         t0 = time.perf_counter()
         fn(run)
         timings[stage] = round(time.perf_counter() - t0, 2)

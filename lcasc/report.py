@@ -41,7 +41,8 @@ def write(run) -> str:
          "log-loss", "recording acc %"],
         [[n["name"], n["precision"], n.get("widths", "–"), f"{n['params']:,}", n["size_kb"], f"{n['macs']:,}",
           _pct(n["accuracy"]), _pct(n.get("class_avg_accuracy")), f"{n['log_loss']:.3f}",
-          _pct(n.get("recording_accuracy"))] for n in res["networks"]]))
+          _pct(n.get("recording_accuracy"))] for n in res["networks"]
+         if n.get("kind") == "cnn" and n["precision"] == "float32"]))
     parts.append("")
     for n in res["networks"]:
         ev = read_json(run.model_dir(n["name"]) / "evaluation.json")
@@ -58,6 +59,106 @@ def write(run) -> str:
                               for d, v in t["per_device"].items()]), ""]
         parts.append(_figure(run, f"confusion_{n['name']}.png", f"confusion matrix of {n['name']}"))
         parts.append(_figure(run, f"training_{n['name']}.png", f"training curves of {n['name']}"))
+    parts += _pruning_section(run, res)
+    parts += _int8_section(res)
+    parts += _ensemble_section(run, res)
+    parts += _baseline_section(run, res)
     text = "\n".join(parts).rstrip() + "\n"
     write_text(run.dir / "report.md", text)
     return text
+
+
+def _pruning_section(run, res: dict) -> list[str]:
+    """Paper Table 2 and Figure 3 analogues, one table per pruning criterion."""
+    nets = [n for n in res["networks"] if n.get("precision") == "float32"]
+    base = next((n for n in nets if n["name"] == "unpruned"), None)
+    criteria = sorted({n["criterion"] for n in nets if "criterion" in n}, key=lambda c: c != "similarity")
+    out = []
+    for crit in criteria:
+        rows = [n for n in nets if n.get("criterion") == crit]
+        out += [f"## Pruning ({crit}): Table 2 analogue", "",
+                "Filters removed per layer: " + ", ".join(
+                    f"{layer} {len(idx)}" for layer, idx in (read_json(run.dir / "models" / f"pruning_{crit}.json")
+                                                           or {}).items()) + ".", ""]
+        table = [[n["name"], n.get("pruned_layers", "–"), n["widths"], f"{n['params']:,}", n["size_kb"],
+                  f"{n['macs']:,}", _pct(n["accuracy"]), f"{n['log_loss']:.3f}",
+                  _pct(n["before_finetune"]["accuracy"]) if "before_finetune" in n else "–",
+                  f"{n['before_finetune']['log_loss']:.3f}" if "before_finetune" in n else "–"]
+                 for n in ([base] if base else []) + rows]
+        out += [_table(["network", "pruned layers", "widths", "params", "size (KB)", "MACs", "accuracy %",
+                        "log-loss", "acc % before fine-tuning", "log-loss before fine-tuning"], table), ""]
+        out.append(_figure(run, f"pruning_{crit}.png", f"Figure 3 analogue ({crit})"))
+    return out
+
+
+def _int8_section(res: dict) -> list[str]:
+    rows = [n for n in res["networks"] if n["precision"] == "int8"]
+    if not rows:
+        return []
+    return ["## INT8 (full-integer TFLite, run in TensorFlow Lite Micro)", "",
+            "Accuracy and log-loss computed by running each `.tflite` file in the `tflite-micro` interpreter "
+            "on the test split. Size (KB) is the paper's convention; file bytes are the actual file; arena "
+            "bytes the RAM TensorFlow Lite Micro needs.", "",
+            _table(["network", "widths", "float acc %", "INT8 acc %", "Δ points", "float log-loss",
+                    "INT8 log-loss", "size (KB)", "file bytes", "arena bytes"],
+                   [[n["name"], n["widths"], _pct(n["float_accuracy"]), _pct(n["accuracy"]),
+                     f"{100 * (n['accuracy'] - n['float_accuracy']):+.2f}", f"{n['float_log_loss']:.3f}",
+                     f"{n['log_loss']:.3f}", n["size_kb"], f"{n['file_bytes']:,}", f"{n['arena_bytes']:,}"]
+                    for n in rows]), ""]
+
+
+def _ensemble_section(run, res: dict) -> list[str]:
+    ens = res["ensembles"]
+    out = []
+    if ens:
+        out += ["## Ensembles: Table 3 analogue", "",
+                "Equal-weight mean of member probabilities. `ensemble_best_budget*` is the subset with the lowest "
+                "validation log-loss within the budget (chosen on validation, reported on test).", "",
+                _table(["ensemble", "members", "precision", "params", "size (KB)", "MACs", "within DCASE",
+                        "accuracy %", "log-loss"],
+                       [[e["name"], ", ".join(e["members"]), e["precision"], f"{e['params']:,}", e["size_kb"],
+                         f"{e['macs']:,}", "yes" if e["within_dcase_limits"] else "no", _pct(e["accuracy"]),
+                         f"{e['log_loss']:.3f}"] for e in ens]), ""]
+        base = next((n for n in res["networks"] if n["name"] == "unpruned"), None)
+        best = max(ens, key=lambda e: e["validation"]["accuracy"])
+        if base:
+            out += ["## Table 4 analogue: best ensemble against the unpruned network", "",
+                    "Best ensemble chosen by validation accuracy.", "",
+                    _table(["system", "params", "MACs", "size (KB)", "accuracy %", "log-loss"],
+                           [[n["name"], f"{n['params']:,}", f"{n['macs']:,}", n["size_kb"], _pct(n["accuracy"]),
+                             f"{n['log_loss']:.3f}"] for n in (base, best)]), ""]
+        out.append(_figure(run, "confusion_best_ensemble.png", "confusion matrix of the best ensemble"))
+    if len(res["networks"]) > 1 or ens:
+        from lcasc import plots
+
+        plots.accuracy_vs_macs([n for n in res["networks"] if n.get("kind") == "cnn"], ens,
+                               run.figure("accuracy_vs_macs.png"), DCASE_MAX_MACS)
+        out += ["## Accuracy against MACs", "", _figure(run, "accuracy_vs_macs.png", "accuracy against MACs")]
+    return out
+
+
+def _baseline_section(run, res: dict) -> list[str]:
+    base = [n for n in res["networks"] if n.get("kind") == "baseline"]
+    if not base:
+        return []
+    from lcasc import plots
+
+    cnn = [n for n in res["networks"] if n.get("kind") == "cnn" and n["precision"] == "float32"]
+    compare = base + cnn[:1] + sorted(cnn[1:], key=lambda n: -n["validation"]["accuracy"])[:1]
+    if res["ensembles"]:
+        compare.append(max(res["ensembles"], key=lambda e: e["validation"]["accuracy"]))
+    plots.method_accuracies(compare, run.figure("methods.png"))
+    rows = []
+    for n in base:
+        note = ", ".join(f"{k}={v}" for k, v in n.get("best_params", {}).items())
+        if n["name"] == "vggish":
+            note = ("pretrained VGGish weights" if n.get("pretrained") else
+                    "trained from scratch (no pretrained weights given)") + (f"; {note}" if note else "")
+        rows.append([n["name"], "–" if n.get("params") is None else f"{n['params']:,}",
+                     "–" if n.get("macs") is None else f"{n['macs']:,}", _pct(n["accuracy"]),
+                     f"{n['log_loss']:.3f}", note])
+    return ["## Comparison with other methods (Figure 4 analogue)", "",
+            "Baselines of paper section 4 on the time-averaged log-mel (GMM, RF, MLP, DLSI) or the full input "
+            "(VGGish); hyper-parameters chosen on the validation split by log-loss.", "",
+            _table(["method", "params", "MACs", "accuracy %", "log-loss", "notes"], rows), "",
+            _figure(run, "methods.png", "accuracy of every method")]

@@ -166,7 +166,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
         raise ValueError(f"cannot train with {len(X)} training and {len(X_val)} validation segments")
     L.seed_everything(config.seed, workers=True, verbose=False)
     torch.set_num_threads(os.cpu_count() or 1)
-    module = Classification(net, config.lr)
+    module = Classification(net.train(), config.lr)
     best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_log_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
     callbacks = [best, EarlyStopping("val_log_loss", patience=config.patience, mode="min"), _EpochLog(workdir /

@@ -1,0 +1,148 @@
+"""Pruning family, ensembles, baselines and predictions on one small real run (built once per module)."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import lcasc
+from lcasc.ensemble import EnsembleClassifier, best_subset, paper_table3_subsets
+
+from .conftest import make_csv_dataset, real_clips
+
+
+def lcasc_cli(*args, check=True):
+    out = subprocess.run([sys.executable, "-m", "lcasc", "-q", *args], capture_output=True, text=True)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("family")
+    csv_path = make_csv_dataset(tmp / "ds", per_class=2)
+    out = tmp / "run"
+    lcasc_cli("run", "--dataset", str(csv_path), "--out", str(out), "--max-epochs", "3", "--cache-dir",
+              str(tmp / "cache"))
+    return out
+
+
+def results(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_run_builds_the_six_pruned_networks_with_their_removed_filters(run_dir):
+    nets = {n["name"]: n for n in results(run_dir)["networks"]}
+    removed = json.loads((run_dir / "models" / "pruning_similarity.json").read_text())
+    for combo, layers in (("C1", ["C1"]), ("C2", ["C2"]), ("C3", ["C3"]), ("C12", ["C1", "C2"]),
+                          ("C23", ["C2", "C3"]), ("C123", ["C1", "C2", "C3"])):
+        n = nets[f"pruned_{combo}"]
+        assert sorted(n["removed"]) == layers
+        widths = [16 - len(removed["C1"]) if "C1" in layers else 16, 16 - len(removed["C2"]) if "C2" in layers
+                  else 16, 32 - len(removed["C3"]) if "C3" in layers else 32]
+        assert n["widths"] == "-".join(map(str, widths)) + "-100"
+        assert set(n["before_finetune"]) == {"accuracy", "class_avg_accuracy", "log_loss"}
+        assert n["params"] < nets["unpruned"]["params"] or not any(removed[k] for k in layers)
+    assert (run_dir / "figures" / "pruning_similarity.png").is_file()
+    report = (run_dir / "report.md").read_text()
+    assert "Table 2 analogue" in report and "Table 3 analogue" in report and "Table 4 analogue" in report
+
+
+def test_run_adds_table3_ensembles_and_a_budgeted_best_subset(run_dir):
+    res = results(run_dir)
+    ens = {e["name"]: e for e in res["ensembles"]}
+    nets = {n["name"]: n for n in res["networks"]}
+    assert len([e for e in ens.values() if e.get("table") == "paper_table3" and e["precision"] == "float32"]) == 7
+    all6 = ens["ensemble_all"]
+    assert all6["params"] == sum(nets[m]["params"] for m in all6["members"])
+    assert all6["macs"] == sum(nets[m]["macs"] for m in all6["members"])
+    best = ens["ensemble_best_budget"]
+    assert best["params"] <= 128_000 and best["macs"] <= 30_000_000
+    assert (run_dir / "figures" / "accuracy_vs_macs.png").is_file()
+
+
+def test_ensemble_command_with_members_and_a_tight_budget(run_dir):
+    lcasc_cli("ensemble", "--run", str(run_dir), "--members", "pruned_C1", "pruned_C2", "--budget-macs",
+              "5000000")
+    ens = {e["name"]: e for e in results(run_dir)["ensembles"]}
+    assert ens["ensemble_all"]["members"] == ["pruned_C1", "pruned_C2"]
+    assert ens["ensemble_best_budget"]["macs"] <= 5_000_000
+
+
+def test_ensemble_is_the_mean_of_member_probabilities():
+    class Const:
+        classes = ["a", "b"]
+
+        def __init__(self, p):
+            self.p = np.array(p)
+
+        def predict_proba(self, X):
+            return np.tile(self.p, (len(X), 1))
+
+    ens = EnsembleClassifier([Const([0.2, 0.8]), Const([0.6, 0.4])])
+    np.testing.assert_allclose(ens.predict_proba(np.zeros((3, 40, 51))), [[0.4, 0.6]] * 3)
+    assert paper_table3_subsets(["a", "b", "c"]) == [("a", "b", "c"), ("b", "c"), ("a", "c"), ("a", "b")]
+
+
+def test_best_subset_respects_the_budget_and_prefers_lower_log_loss():
+    from lcasc.complexity import Complexity
+
+    y = np.array([0, 1, 0, 1])
+    good = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]])
+    bad = good[:, ::-1]
+    costs = {"good": Complexity(100, 10, 1), "bad": Complexity(10, 1, 1)}
+    assert best_subset({"good": good, "bad": bad}, y, costs)[0] == ("good",)
+    assert best_subset({"good": good, "bad": bad}, y, costs, max_params=50)[0] == ("bad",)
+    assert best_subset({"good": good}, y, {"good": costs["good"]}, max_params=50) is None
+
+
+def test_prune_with_the_l1_criterion_removes_as_many_filters(run_dir):
+    lcasc_cli("prune", "--run", str(run_dir), "--criterion", "l1", "--layers", "C1")
+    sim = json.loads((run_dir / "models" / "pruning_similarity.json").read_text())
+    l1 = json.loads((run_dir / "models" / "pruning_l1.json").read_text())
+    assert {k: len(v) for k, v in sim.items()} == {k: len(v) for k, v in l1.items()}
+    assert "pruned_l1_C1" in {n["name"] for n in results(run_dir)["networks"]}
+
+
+def test_cheap_baselines_share_the_report(run_dir):
+    lcasc_cli("baselines", "--run", str(run_dir), "--only", "gmm", "rf")
+    base = {n["name"]: n for n in results(run_dir)["networks"] if n["kind"] == "baseline"}
+    assert set(base) == {"gmm", "rf"} and all(0 <= b["accuracy"] <= 1 for b in base.values())
+    assert "Figure 4 analogue" in (run_dir / "report.md").read_text()
+    assert (run_dir / "figures" / "methods.png").is_file()
+
+
+def test_predict_api_on_arrays_and_files(run_dir, tmp_path):
+    p = lcasc.load(run_dir)
+    path = real_clips(1, "test")[0][0]
+    r = p.predict(path)
+    assert r.per_second.shape[1] == len(p.classes) and r.scene in p.classes
+    np.testing.assert_allclose(r.per_second.sum(1), 1, atol=1e-5)
+    stereo_48k = np.random.default_rng(0).normal(0, 0.1, (48000 * 3, 2)).astype(np.float32)
+    assert lcasc.load(run_dir, ensemble="ensemble_all").predict(stereo_48k, 48000).per_second.shape[0] == 3
+
+
+def test_predict_cli_writes_the_dcase_format_and_skips_bad_files(run_dir, tmp_path):
+    folder = tmp_path / "mine with spaces"
+    folder.mkdir()
+    for i, (path, _) in enumerate(real_clips(1, "test")[:3]):
+        x, sr = sf.read(path)
+        sf.write(folder / f"clip_{i}_é.flac", x[: sr * 2], sr)
+    (folder / "broken.wav").write_bytes(b"RIFF....WAVEfmt ")
+    out = lcasc_cli("predict", "--run", str(run_dir), "--format", "dcase", str(folder))
+    rows = list(csv.reader(io.StringIO(out.stdout), delimiter="\t"))
+    classes = results(run_dir)["classes"]
+    assert rows[0] == ["filename", "scene_label", *classes]
+    assert len(rows) == 4 and all(r[1] in classes and len(r) == 2 + len(classes) for r in rows[1:])
+    assert "broken.wav" in out.stderr and "Traceback" not in out.stderr
+    js = json.loads(lcasc_cli("predict", "--run", str(run_dir), "--format", "json", "--model", "pruned_C1",
+                              str(folder / "clip_0_é.flac")).stdout)
+    assert len(js[0]["per_second"]) == 2
+    bad = lcasc_cli("predict", "--run", str(run_dir), "--model", "nope", str(folder), check=False)
+    assert bad.returncode == 2 and "no network named 'nope'" in bad.stderr
