@@ -1,0 +1,669 @@
+"""INT8 export for microcontrollers, and runners that put exported files behind the classifier interface.
+
+TFLite (METHOD-NOTES §6; measured route in EXPORT-NOTES): a Keras mirror of :class:`LowComplexityCNN`
+(NHWC, same weights) goes through ``tf.lite.TFLiteConverter`` with a representative dataset of real
+training features, giving a full-integer file: int8 weights (per output channel), int8 activations, int8
+input and output. That is what TensorFlow Lite Micro (TFLM) on a Cortex-M runs. Every file is checked
+before it is published: fixed-range ops carry the quantization TFLM assumes (TANH output scale 1/128 zero
+point 0; SOFTMAX output 1/256, -128) and TFLM allocates and runs it.
+
+File layout of both TFLite files: input ``(1, n_mels, n_frames, 1)`` (batch axis dynamic for the LiteRT
+interpreter; TFLM runs one clip at a time), output ``(1, n_classes)`` probabilities (Softmax is in the file).
+The INT8 file's input is the log-mel quantized with the input tensor's scale and zero point; its output
+is probabilities in steps of 1/256.
+
+ONNX: a float file straight from PyTorch (input ``(N, n_mels, n_frames)`` log-mel named ``logmel``,
+output ``(N, n_classes)`` probabilities named ``probabilities``), and ONNX Runtime's static INT8 (QDQ,
+per-channel weights) made from it. QDQ keeps float input and output and is not a TFLM format: it is for
+size comparisons, not for the microcontroller.
+
+TensorFlow, ONNX and TFLM are imported inside the functions that need them, so ``import lcasc.quantize``
+costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lcasc.io import atomic_path
+
+if TYPE_CHECKING:
+    from lcasc.models.cnn import LowComplexityCNN
+
+# TFLite kernels for these ops only accept one output quantization (TFLM computes them wrongly, silently,
+# otherwise): op name -> (scale, zero point) of the int8 output.
+FIXED_INT8_OUTPUT_QPARAMS: dict[str, tuple[float, int]] = {
+    "TANH": (1 / 128, 0),
+    "LOGISTIC": (1 / 256, -128),
+    "SOFTMAX": (1 / 256, -128),
+}
+MAX_CALIBRATION_SAMPLES = 500
+ARENA_SEARCH_STEP = 16  # bytes: resolution of the arena search (TFLM aligns its buffers to 16 bytes)
+ARENA_MARGIN = 256  # bytes added to the measured minimum when a runner sizes its own arena
+TFLM_ARENA_LIMIT = 64 << 20
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _tensorflow():
+    """Import TensorFlow quietly (its C++ logging off unless the user asked for it)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    first = "tensorflow" not in sys.modules
+    with _native_output_to(os.devnull) if first else contextlib.nullcontext():  # oneDNN / absl banners
+        import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+@contextlib.contextmanager
+def _native_output_to(target: str | os.PathLike = os.devnull):
+    """Send what native code writes to file descriptors 1 and 2 (TFLM's and the converter's messages) to
+    ``target`` for the duration of the block; C's stdio buffers are flushed on both sides. Process-wide:
+    other threads' output in the meantime goes there too."""
+    libc = ctypes.CDLL(None) if os.name == "posix" else None
+
+    def flush() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if libc is not None:
+            libc.fflush(None)
+
+    flush()
+    saved = os.dup(1), os.dup(2)
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        yield
+    finally:
+        flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (out, *saved):
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _without_log_message(logger: logging.Logger, fragment: str):
+    """Drop records of ``logger`` whose message contains ``fragment`` for the duration of the block."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return fragment not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _logmel(X: np.ndarray) -> np.ndarray:
+    """(N, n_mels, n_frames) or (N, 1, n_mels, n_frames) features -> (N, n_mels, n_frames) float32."""
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim == 4 and X.shape[1] == 1:
+        X = X[:, 0]
+    if X.ndim != 3:
+        raise ValueError(f"features must be (N, n_mels, n_frames), got shape {X.shape}")
+    return X
+
+
+def _calibration_subset(calibration: np.ndarray, spec, max_samples: int, seed: int = 0) -> np.ndarray:
+    """At most ``max_samples`` clips of ``calibration`` (a fixed random subset when there are more)."""
+    X = _logmel(calibration)
+    if X.shape[1:] != (spec.n_mels, spec.n_frames):
+        raise ValueError(f"calibration clips are {X.shape[1:]}, the network expects {(spec.n_mels, spec.n_frames)}")
+    if len(X) == 0:
+        raise ValueError("calibration needs at least one clip")
+    if not np.isfinite(X).all():
+        raise ValueError("calibration features contain NaN or infinity")
+    if len(X) > max_samples:
+        X = X[np.sort(np.random.default_rng(seed).choice(len(X), max_samples, replace=False))]
+    return X
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    """Rounding as TFLite's quantize kernel does it (``std::round``: halves away from zero)."""
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def quantize_int8(X: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Float values -> int8 ``round(x / scale) + zero_point``, saturated to [-128, 127]."""
+    return np.clip(_round_half_away(np.asarray(X, np.float64) / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def dequantize_int8(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """int8 -> float32 ``(q - zero_point) * scale``."""
+    return ((np.asarray(q, np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def _normalised(p: np.ndarray) -> np.ndarray:
+    """Rows scaled to sum to 1 (int8 softmax outputs are multiples of 1/256 and need not sum to 1)."""
+    p = np.maximum(np.asarray(p, np.float64), 0.0)
+    total = p.sum(axis=1, keepdims=True)
+    p = np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / p.shape[1])
+    return p.astype(np.float32)
+
+
+def _check_classes(classes: list[str], n_outputs: int, path) -> list[str]:
+    classes = list(classes)
+    if len(classes) != n_outputs:
+        raise ValueError(f"{path} has {n_outputs} outputs but {len(classes)} classes were given")
+    return classes
+
+
+class _InferenceOnly:
+    """Exported files are frozen: the classifier protocol's ``fit`` is not available."""
+
+    classes: list[str]
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        raise NotImplementedError(f"{type(self).__name__} runs an exported file; train the PyTorch model instead")
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """(N, n_mels, n_frames) -> (N,) class indices."""
+        return self.predict_proba(X).argmax(axis=1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Keras mirror and TFLite export
+
+
+def keras_mirror(model: LowComplexityCNN):
+    """A float Keras model computing what ``softmax(model(x))`` computes, in NHWC.
+
+    Input ``(N, n_mels, n_frames, 1)`` log-mel, output ``(N, n_classes)`` probabilities. Conv kernels
+    are transposed ``(out, in, kh, kw) -> (kh, kw, in, out)``; BatchNorm keeps its four vectors and
+    PyTorch's epsilon (1e-5), so the float mirror matches to float32 rounding; the converter folds BN into
+    the convolutions. PyTorch flattens the (C3, h, w) map channel-major, Keras flattens (h, w, C3) channel
+    last: the first dense layer's input columns are reordered instead of adding a Permute layer. The flatten
+    is a plain reshape to ``(-1, h * w * C3)``, which keeps the batch axis dynamic with a single RESHAPE op
+    (Keras' Flatten adds SHAPE/STRIDED_SLICE/PACK when the batch is dynamic).
+    """
+    from torch import nn
+
+    tf = _tensorflow()
+    keras = tf.keras
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"the Keras mirror needs the TensorFlow backend, KERAS_BACKEND is {keras.backend.backend()}")
+    spec = model.spec
+    names = {"T": "tanh", "R": "relu"}
+    h, w = model.pooled_shape(spec)
+    flat = h * w * spec.c3
+
+    x = inputs = keras.Input((spec.n_mels, spec.n_frames, 1), name="logmel")
+    for i, (_, conv, _bn) in enumerate(model.conv_blocks(), start=1):
+        x = keras.layers.Conv2D(conv.out_channels, spec.kernel_size, padding="same", name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-5, name=f"bn{i}")(x)
+        x = keras.layers.Activation(names[spec.activations[i - 1]], name=f"act{i}")(x)
+        if i == 2:
+            x = keras.layers.AveragePooling2D(spec.pool1, name="pool1")(x)
+    x = keras.layers.AveragePooling2D(spec.pool2, name="pool2")(x)
+    x = keras.layers.Lambda(lambda t: keras.ops.reshape(t, (-1, flat)), output_shape=(flat,), name="flatten")(x)
+    x = keras.layers.Dense(spec.dense, activation=names[spec.activations[3]], name="fc1")(x)
+    x = keras.layers.Dense(spec.n_classes, name="fc2")(x)
+    outputs = keras.layers.Softmax(name="softmax")(x)
+    mirror = keras.Model(inputs, outputs, name=f"lcasc_{spec.widths}")
+
+    def numpy(t):
+        return t.detach().cpu().numpy().astype(np.float32)
+
+    for i, (_, conv, bn) in enumerate(model.conv_blocks(), start=1):
+        if not isinstance(bn, nn.BatchNorm2d) or abs(bn.eps - 1e-5) > 1e-12:
+            raise ValueError(f"conv{i}: expected BatchNorm2d with eps 1e-5")
+        mirror.get_layer(f"conv{i}").set_weights([numpy(conv.weight).transpose(2, 3, 1, 0), numpy(conv.bias)])
+        mirror.get_layer(f"bn{i}").set_weights([numpy(bn.weight), numpy(bn.bias), numpy(bn.running_mean),
+                                                numpy(bn.running_var)])
+    w1 = numpy(model.fc1.weight).reshape(spec.dense, spec.c3, h, w)  # (out, C, h, w): channel-major columns
+    mirror.get_layer("fc1").set_weights([w1.transpose(2, 3, 1, 0).reshape(flat, spec.dense), numpy(model.fc1.bias)])
+    mirror.get_layer("fc2").set_weights([numpy(model.fc2.weight).T, numpy(model.fc2.bias)])
+    return mirror
+
+
+def _convert(model: LowComplexityCNN, calibration: np.ndarray | None) -> bytes:
+    """The TFLite flatbuffer: float32 when ``calibration`` is None, otherwise full-integer INT8."""
+    tf = _tensorflow()
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_mirror(model))
+    if calibration is not None:
+        def representative_dataset():
+            for clip in calibration:
+                yield [clip[None, :, :, None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _native_output_to(os.devnull):
+        warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected" and the like
+        return converter.convert()
+
+
+def tflite_ops(path: str | os.PathLike) -> list[dict]:
+    """The operators of a .tflite file in execution order, read from the flatbuffer (no TensorFlow needed).
+
+    Each entry: ``op`` (builtin name, e.g. ``"CONV_2D"``) and ``outputs``, a list of dicts with the output
+    tensor's ``index`` (in the subgraph's tensor list), ``name``, ``dtype`` (``"INT8"``, ``"FLOAT32"``...),
+    ``shape``, ``scales`` and ``zero_points``.
+    """
+    from tflite_micro.python.tflite_micro import runtime
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    model = runtime.convert_bytearray_to_object(bytearray(Path(path).read_bytes()))
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if isinstance(v, int)}
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if isinstance(v, int)}
+    graph = model.subgraphs[0]
+    ops = []
+    for op in graph.operators or []:
+        code = runtime.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+        outputs = []
+        for t in op.outputs:
+            tensor = graph.tensors[t]
+            q = tensor.quantization
+            outputs.append({
+                "index": int(t),
+                "name": tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name,
+                "dtype": type_names.get(tensor.type, str(tensor.type)),
+                "shape": [int(s) for s in tensor.shape] if tensor.shape is not None else [],
+                "scales": [float(s) for s in q.scale] if q is not None and q.scale is not None else [],
+                "zero_points": [int(z) for z in q.zeroPoint] if q is not None and q.zeroPoint is not None else [],
+            })
+        ops.append({"op": op_names.get(code, str(code)), "outputs": outputs})
+    return ops
+
+
+def fixed_qparam_violations(path: str | os.PathLike) -> list[str]:
+    """Descriptions of int8 TANH / LOGISTIC / SOFTMAX outputs whose quantization TFLM would not honour
+    (see :data:`FIXED_INT8_OUTPUT_QPARAMS`); empty when the file is safe."""
+    problems = []
+    for i, op in enumerate(tflite_ops(path)):
+        if op["op"] not in FIXED_INT8_OUTPUT_QPARAMS:
+            continue
+        scale, zero_point = FIXED_INT8_OUTPUT_QPARAMS[op["op"]]
+        for out in op["outputs"]:
+            if out["dtype"] != "INT8":
+                continue
+            if (len(out["scales"]) != 1 or abs(out["scales"][0] - scale) > 1e-9 * scale
+                    or out["zero_points"] != [zero_point]):
+                problems.append(f"op {i} {op['op']} output {out['name']!r}: scale {out['scales']} zero point "
+                                f"{out['zero_points']}, TFLM needs {scale} and {zero_point}")
+    return problems
+
+
+def export_tflite_int8(model: LowComplexityCNN, calibration: np.ndarray, path: str | os.PathLike,
+                       max_samples: int = MAX_CALIBRATION_SAMPLES, seed: int = 0) -> dict:
+    """Write a full-integer INT8 .tflite file for TFLite Micro; returns ``{"file_bytes", "arena_bytes"}``.
+
+    ``calibration``: (N, n_mels, n_frames) float32 real training log-mel; a fixed random subset of at most
+    ``max_samples`` clips (chosen with ``seed``) calibrates the activation ranges. Weights are int8 per
+    output channel, activations and the file's input/output int8. The file is written under a temporary
+    name beside ``path``, checked (fixed-range op quantization; TFLM allocates and runs it, and the smallest
+    arena is measured), and only then renamed to ``path``: a failure leaves ``path`` as it was.
+    ``arena_bytes`` is :func:`arena_bytes` of the file.
+    """
+    X = _calibration_subset(calibration, model.spec, max_samples, seed)
+    data = _convert(model, X)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+        problems = fixed_qparam_violations(tmp)
+        if problems:
+            raise RuntimeError("the converter produced quantization TFLM cannot run:\n" + "\n".join(problems))
+        arena = arena_bytes(tmp)
+    return {"file_bytes": len(data), "arena_bytes": arena}
+
+
+def export_tflite_float(model: LowComplexityCNN, path: str | os.PathLike) -> dict:
+    """Write a float32 .tflite file (same layout as the INT8 one, float input/output); returns
+    ``{"file_bytes"}``. Written atomically."""
+    data = _convert(model, None)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return {"file_bytes": len(data)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# TFLite Micro
+
+
+def _tflm_interpreter(model_data: bytes, arena_size: int):
+    from tflite_micro.python.tflite_micro import runtime
+
+    return runtime.Interpreter.from_bytes(model_data, arena_size=int(arena_size))
+
+
+def _tflm_runs(model_data: bytes, arena_size: int) -> bool:
+    """Whether TFLM allocates the model in ``arena_size`` bytes and runs one inference on zeros."""
+    try:
+        with _native_output_to(os.devnull):  # TFLM prints "Failed to resize buffer..." on every miss
+            interpreter = _tflm_interpreter(model_data, arena_size)
+            detail = interpreter.get_input_details(0)
+            interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
+            interpreter.invoke()
+    except RuntimeError:
+        return False
+    return True
+
+
+def arena_bytes(path: str | os.PathLike) -> int:
+    """The smallest TFLM tensor arena (bytes, to 16 bytes) in which the file is allocated and runs.
+
+    Found by bisection on ``arena_size`` of the tflite-micro Python interpreter: below the answer it
+    fails to allocate tensors, at the answer it allocates them and runs one inference. This is the figure
+    to give ``tensor_arena`` on the device (plus whatever alignment the device's own buffer needs). On the
+    files checked it equals the "Arena allocation total" of :func:`tflm_allocation_report` (TFLM's
+    ``print_allocations``); the search is the check that the arena really suffices.
+    """
+    data = Path(path).read_bytes()
+    hi = max(64 << 10, 8 * len(data))
+    while not _tflm_runs(data, hi):
+        hi *= 2
+        if hi > TFLM_ARENA_LIMIT:
+            raise RuntimeError(f"{path}: TFLM cannot run this file even with a {TFLM_ARENA_LIMIT} byte arena")
+    lo = 0  # fails (an empty arena never suffices)
+    while hi - lo > ARENA_SEARCH_STEP:
+        mid = (lo + hi) // 2 // ARENA_SEARCH_STEP * ARENA_SEARCH_STEP or ARENA_SEARCH_STEP
+        if mid <= lo:
+            break
+        if _tflm_runs(data, mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def tflm_allocation_report(path: str | os.PathLike, arena_size: int | None = None) -> dict:
+    """TFLM's own account of the arena (``print_allocations`` after one inference), parsed.
+
+    Returns ``{"total", "head", "tail"}`` bytes (head: the planned activation buffers; tail: persistent
+    structures) and ``"text"``, the full report.
+    """
+    data = Path(path).read_bytes()
+    interpreter = _tflm_interpreter(data, arena_size or max(1 << 20, 10 * len(data)))
+    detail = interpreter.get_input_details(0)
+    interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
+    interpreter.invoke()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "allocations.txt"
+        with _native_output_to(report):
+            interpreter.print_allocations()
+        text = report.read_text(errors="replace")
+    out: dict = {"text": text}
+    for key in ("total", "head", "tail"):
+        m = re.search(rf"Arena allocation {key} (\d+) bytes", text)
+        out[key] = int(m.group(1)) if m else None
+    return out
+
+
+class TFLiteMicroClassifier(_InferenceOnly):
+    """An INT8 .tflite file run clip by clip in TensorFlow Lite Micro's Python interpreter.
+
+    ``predict_proba``: (N, n_mels, n_frames) float32 log-mel -> (N, n_classes) float32 probabilities
+    (the int8 softmax dequantized, rows renormalised to sum to 1). Inputs are quantized with the input
+    tensor's scale and zero point. ``arena_size`` defaults to the measured minimum (:func:`arena_bytes`)
+    plus 256 bytes, so running here also proves the file fits that arena.
+    """
+
+    def __init__(self, path: str | os.PathLike, classes: list[str], arena_size: int | None = None):
+        self.path = Path(path)
+        self.arena_size = int(arena_size) if arena_size is not None else arena_bytes(self.path) + ARENA_MARGIN
+        self._interpreter = _tflm_interpreter(self.path.read_bytes(), self.arena_size)
+        self.input_detail = self._interpreter.get_input_details(0)
+        self.output_detail = self._interpreter.get_output_details(0)
+        for what, detail in (("input", self.input_detail), ("output", self.output_detail)):
+            if np.dtype(detail["dtype"]) != np.int8:
+                raise ValueError(f"{self.path}: {what} is {np.dtype(detail['dtype'])}, TFLM runner expects int8")
+        self.classes = _check_classes(classes, int(self.output_detail["shape"][-1]), self.path)
+
+    @staticmethod
+    def _qparams(detail: dict) -> tuple[float, int]:
+        q = detail["quantization_parameters"]
+        return float(q["scales"][0]), int(q["zero_points"][0])
+
+    def quantize_input(self, X: np.ndarray) -> np.ndarray:
+        """(N, n_mels, n_frames) float log-mel -> (N, n_mels, n_frames) int8 as the file expects it."""
+        return quantize_int8(_logmel(X), *self._qparams(self.input_detail))
+
+    def invoke_int8(self, Xq: np.ndarray) -> np.ndarray:
+        """(N, n_mels, n_frames) int8 inputs -> (N, n_classes) int8 outputs, one TFLM invoke per clip."""
+        shape = tuple(int(s) for s in self.input_detail["shape"])
+        out = np.empty((len(Xq), int(self.output_detail["shape"][-1])), np.int8)
+        for i, clip in enumerate(np.asarray(Xq, np.int8)):
+            self._interpreter.set_input(clip.reshape(shape), 0)
+            self._interpreter.invoke()
+            out[i] = self._interpreter.get_output(0).reshape(-1)
+        return out
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        q = self.invoke_int8(self.quantize_input(X))
+        return _normalised(dequantize_int8(q, *self._qparams(self.output_detail)))
+
+
+# --------------------------------------------------------------------------------------------------------
+# LiteRT (TensorFlow Lite) interpreter
+
+
+class LiteRTClassifier(_InferenceOnly):
+    """A .tflite file (INT8 or float) in the LiteRT interpreter that ships with TensorFlow (``tf.lite``).
+
+    ``reference_kernels=True`` uses the builtin reference kernels (``OpResolverType.BUILTIN_REF``), the
+    ones TFLM's kernels are meant to agree with; the default optimised kernels round differently (2-3
+    int8 steps). Batches of ``batch_size`` clips run in one invoke by resizing the input tensor.
+    ``preserve_all_tensors=True`` keeps every intermediate tensor readable (:meth:`invoke_tensors`).
+    ``predict_proba``: (N, n_mels, n_frames) float32 -> (N, n_classes) float32, rows sum to 1.
+    """
+
+    def __init__(self, path: str | os.PathLike, classes: list[str], reference_kernels: bool = True,
+                 batch_size: int = 256, preserve_all_tensors: bool = False):
+        tf = _tensorflow()
+        self.path, self.batch_size = Path(path), int(batch_size)
+        self.preserve_all_tensors = preserve_all_tensors
+        resolver = tf.lite.experimental.OpResolverType
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+            self._interpreter = tf.lite.Interpreter(
+                model_path=str(self.path), experimental_preserve_all_tensors=preserve_all_tensors,
+                experimental_op_resolver_type=resolver.BUILTIN_REF if reference_kernels else resolver.AUTO)
+        self.input_detail = self._interpreter.get_input_details()[0]
+        self.output_detail = self._interpreter.get_output_details()[0]
+        self.int8 = np.dtype(self.input_detail["dtype"]) == np.int8
+        self.classes = _check_classes(classes, int(self.output_detail["shape"][-1]), self.path)
+        self._batch = 0
+
+    def quantize_input(self, X: np.ndarray) -> np.ndarray:
+        """(N, n_mels, n_frames) float log-mel -> int8 with the input tensor's scale and zero point."""
+        return quantize_int8(_logmel(X), *self.input_detail["quantization"])
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            shape = [n, *(int(s) for s in self.input_detail["shape"][1:])]
+            self._interpreter.resize_tensor_input(self.input_detail["index"], shape, strict=True)
+            self._interpreter.allocate_tensors()
+            self._batch = n
+
+    def invoke_tensors(self, X: np.ndarray, indices: list[int]) -> list[np.ndarray]:
+        """Inputs in the file's dtype, (N, n_mels, n_frames) -> the tensors ``indices`` (flatbuffer tensor
+        indices, e.g. from :func:`tflite_ops`), each (N, ...). Intermediate tensors need
+        ``preserve_all_tensors=True`` (the interpreter reuses their memory otherwise)."""
+        if not self.preserve_all_tensors and set(indices) - {self.output_detail["index"]}:
+            raise ValueError("reading intermediate tensors needs preserve_all_tensors=True")
+        X = np.asarray(X)
+        parts: list[list[np.ndarray]] = [[] for _ in indices]
+        for start in range(0, len(X), self.batch_size):
+            chunk = X[start:start + self.batch_size]
+            self._resize(len(chunk))
+            self._interpreter.set_tensor(self.input_detail["index"],
+                                         chunk[..., None].astype(self.input_detail["dtype"]))
+            self._interpreter.invoke()
+            for part, index in zip(parts, indices):
+                part.append(self._interpreter.get_tensor(index).copy())
+        return [np.concatenate(part) if part else np.empty((0,)) for part in parts]
+
+    def invoke_raw(self, X: np.ndarray) -> np.ndarray:
+        """Inputs in the file's dtype, (N, n_mels, n_frames) -> raw outputs (N, n_classes) in its dtype."""
+        if len(X) == 0:
+            return np.empty((0, len(self.classes)), self.output_detail["dtype"])
+        return self.invoke_tensors(X, [self.output_detail["index"]])[0]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        X = _logmel(X)
+        if not self.int8:
+            return _normalised(self.invoke_raw(X))
+        q = self.invoke_raw(self.quantize_input(X))
+        return _normalised(dequantize_int8(q, *self.output_detail["quantization"]))
+
+
+def compare_tflm_litert(path: str | os.PathLike, X: np.ndarray) -> dict:
+    """The check that matters for an INT8 file: TFLM against LiteRT's reference kernels on the same int8
+    inputs (``X``: real (N, n_mels, n_frames) log-mel, quantized once with the file's input parameters).
+
+    Both interpreters keep every intermediate tensor, so each operator's output is compared, in int8
+    quantization steps of that tensor. Returns:
+
+    - ``kernel_max_step_diff``: per clip, the difference at the *first* operator whose output differs
+      (its inputs were still identical, so this is one kernel disagreeing), maximum over clips. A file
+      TFLM computes correctly has at most 1 (requantization rounding); the TANH trap gives tens.
+    - ``output_max_step_diff``: largest difference of the final int8 outputs. Downstream operators can
+      amplify a 1-step difference (tanh's slope, a coarse logit scale before the softmax), so this may
+      exceed 1 on a correct file.
+    - ``op_max_step_diff``: ``[(op name, max difference)]`` per operator in execution order.
+    - ``identical_fraction``: clips whose every tensor agrees; ``argmax_agreement``; ``n``.
+    """
+    from tflite_micro.python.tflite_micro import runtime
+
+    X = _logmel(X)
+    ops = tflite_ops(path)
+    indices = [op["outputs"][0]["index"] for op in ops]
+    ref = LiteRTClassifier(path, ["?"] * int(ops[-1]["outputs"][0]["shape"][-1]), reference_kernels=True,
+                           preserve_all_tensors=True)
+    if not ref.int8:
+        raise ValueError(f"{path} is not a full-integer file")
+    Xq = ref.quantize_input(X)
+    b = [t.astype(np.int32) for t in ref.invoke_tensors(Xq, indices)]
+
+    data = Path(path).read_bytes()
+    tflm = runtime.Interpreter.from_bytes(data, arena_size=max(4 << 20, 20 * len(data)),
+                                          intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors)
+    shape = tuple(int(s) for s in tflm.get_input_details(0)["shape"])
+    a = [np.empty_like(t) for t in b]
+    for i, clip in enumerate(Xq):
+        tflm.set_input(clip.reshape(shape), 0)
+        tflm.invoke()
+        for k, index in enumerate(indices):
+            a[k][i] = tflm.GetTensor(index, 0)["tensor_data"].reshape(a[k].shape[1:])
+
+    diffs = np.stack([np.abs(ak - bk).reshape(len(X), -1).max(axis=1) for ak, bk in zip(a, b)], axis=1)
+    first = np.argmax(diffs > 0, axis=1)  # (N,) first differing op (0 where none differs)
+    kernel = diffs[np.arange(len(X)), first] if len(X) else np.zeros(0, int)
+    out_a, out_b = a[-1].reshape(len(X), -1), b[-1].reshape(len(X), -1)
+    return {
+        "kernel_max_step_diff": int(kernel.max(initial=0)),
+        "output_max_step_diff": int(diffs[:, -1].max(initial=0)),
+        "op_max_step_diff": [(op["op"], int(d)) for op, d in zip(ops, diffs.max(axis=0, initial=0))],
+        "identical_fraction": float((diffs.max(axis=1) == 0).mean()) if len(X) else 1.0,
+        "argmax_agreement": float((out_a.argmax(1) == out_b.argmax(1)).mean()) if len(X) else 1.0,
+        "n": len(X),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# ONNX
+
+
+def _with_softmax(model: LowComplexityCNN):
+    """A copy of ``model`` in eval mode followed by a softmax over classes (for export)."""
+    from torch import nn
+
+    return nn.Sequential(copy.deepcopy(model).cpu().float(), nn.Softmax(dim=1)).eval()
+
+
+def export_onnx(model: LowComplexityCNN, path: str | os.PathLike, opset: int = 17) -> dict:
+    """Write a float32 ONNX file of ``softmax(model(x))``; returns ``{"file_bytes"}``.
+
+    Input ``logmel`` (N, n_mels, n_frames) float32 (the classifier protocol's layout, N dynamic), output
+    ``probabilities`` (N, n_classes). Uses PyTorch's TorchScript exporter (``dynamo=False``: no onnxscript
+    needed, and BatchNorm comes out folded into the convolutions); the model is copied, not modified.
+    Written atomically.
+    """
+    import torch
+
+    wrapped = _with_softmax(model)
+    spec = model.spec
+    dummy = torch.zeros(2, spec.n_mels, spec.n_frames)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(wrapped, (dummy,), str(tmp), dynamo=False, opset_version=opset,
+                          input_names=["logmel"], output_names=["probabilities"],
+                          dynamic_axes={"logmel": {0: "batch"}, "probabilities": {0: "batch"}})
+        size = Path(tmp).stat().st_size
+    return {"file_bytes": size}
+
+
+def quantize_onnx_int8(float_path: str | os.PathLike, out_path: str | os.PathLike, calibration: np.ndarray,
+                       max_samples: int = MAX_CALIBRATION_SAMPLES, seed: int = 0) -> dict:
+    """ONNX Runtime static INT8 of a file from :func:`export_onnx`; returns ``{"file_bytes"}``.
+
+    QDQ format, int8 weights per output channel, int8 activations calibrated with min/max on a fixed
+    random subset (at most ``max_samples``) of ``calibration`` (N, n_mels, n_frames) real training
+    features. Input and output stay float32. Written atomically.
+    """
+    from onnxruntime import quantization as ortq
+
+    X = _logmel(calibration)
+    if len(X) == 0:
+        raise ValueError("calibration needs at least one clip")
+    if len(X) > max_samples:
+        X = X[np.sort(np.random.default_rng(seed).choice(len(X), max_samples, replace=False))]
+
+    class Reader(ortq.CalibrationDataReader):
+        def __init__(self, clips: np.ndarray, batch: int = 32):
+            self.batches = iter([{"logmel": clips[i:i + batch]} for i in range(0, len(clips), batch)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with atomic_path(out_path) as tmp, _without_log_message(logging.getLogger(), "pre-processing before quantiz"):
+        ortq.quantize_static(str(float_path), str(tmp), Reader(X), quant_format=ortq.QuantFormat.QDQ,
+                             per_channel=True, activation_type=ortq.QuantType.QInt8,
+                             weight_type=ortq.QuantType.QInt8, calibrate_method=ortq.CalibrationMethod.MinMax)
+        size = Path(tmp).stat().st_size
+    return {"file_bytes": size}
+
+
+class OnnxClassifier(_InferenceOnly):
+    """An ONNX file from :func:`export_onnx` or :func:`quantize_onnx_int8` in ONNX Runtime (CPU).
+
+    ``predict_proba``: (N, n_mels, n_frames) float32 log-mel -> (N, n_classes) float32 probabilities,
+    in batches of ``batch_size``.
+    """
+
+    def __init__(self, path: str | os.PathLike, classes: list[str], batch_size: int = 1024):
+        import onnxruntime as ort
+
+        self.path, self.batch_size = Path(path), int(batch_size)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        n_out = self._session.get_outputs()[0].shape[-1]
+        self.classes = _check_classes(classes, int(n_out), self.path)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        X = _logmel(X)
+        outs = [self._session.run(None, {self._input: X[i:i + self.batch_size]})[0]
+                for i in range(0, len(X), self.batch_size)]
+        return _normalised(np.concatenate(outs) if outs else np.empty((0, len(self.classes)), np.float32))

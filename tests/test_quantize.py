@@ -1,0 +1,326 @@
+"""INT8 / float export (TFLite for TFLite Micro, ONNX) and the runners behind the classifier interface.
+
+The networks are trained for a few hundred steps on synthetic log-mel with class-dependent spectral
+bumps under heavy noise (float accuracy around 80 %, so the probabilities are not saturated and the
+INT8-vs-float comparison means something). Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lcasc import quantize as q
+from lcasc.classifier import Classifier
+from lcasc.models.cnn import CNNSpec, LowComplexityCNN
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_MISSING = [m for m in ("tensorflow", "tflite_micro", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"INT8 export extras not installed: {_MISSING}")
+
+N_CLASSES = 10
+CLASSES = [f"scene{i}" for i in range(N_CLASSES)]
+
+
+def synthetic_logmel(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 40, 51) float32 log-mel-like clips and (n,) labels: around -8 (natural-log magnitude), a
+    class-dependent Gaussian bump over mel bands, modulated in time, under noise of std 3."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, N_CLASSES, n)
+    mel, t = np.arange(40)[None, :, None], np.arange(51)[None, None, :]
+    bump = 1.5 * np.exp(-0.5 * ((mel - (3 + 3.5 * y)[:, None, None]) / 2.0) ** 2)
+    modulation = 1 + 0.5 * np.sin(2 * np.pi * t * (1 + y[:, None, None] % 3) / 51 + rng.uniform(0, 6.3, (n, 1, 1)))
+    X = (-8 + 1.8 * (40 - mel) / 40 + bump * modulation + rng.normal(0, 3.0, (n, 40, 51))
+         + rng.normal(0, 1.0, (n, 1, 1)))
+    return X.astype(np.float32), y
+
+
+def train(spec: CNNSpec, X: np.ndarray, y: np.ndarray, steps: int, seed: int = 0) -> LowComplexityCNN:
+    """A few hundred Adam steps (batch 32) from a seeded initialisation; returns the network in eval mode."""
+    torch.manual_seed(seed)
+    net = LowComplexityCNN.from_spec(spec)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    rng = np.random.default_rng(seed)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    net.train()
+    for _ in range(steps):
+        idx = torch.from_numpy(rng.integers(0, len(X), 32))
+        loss = torch.nn.functional.cross_entropy(net(Xt[idx]), yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def float_proba(net: LowComplexityCNN, X: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(net(torch.from_numpy(X)), dim=1).numpy()
+
+
+@pytest.fixture(scope="module")
+def data():
+    X_train, y_train = synthetic_logmel(800, seed=0)
+    X_test, y_test = synthetic_logmel(200, seed=1)
+    return X_train, y_train, X_test, y_test
+
+
+@pytest.fixture(scope="module")
+def net(data):
+    X_train, y_train, _, _ = data
+    return train(CNNSpec(), X_train, y_train, steps=200)
+
+
+@pytest.fixture(scope="module")
+def int8_file(net, data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tflite") / "model_int8.tflite"
+    info = q.export_tflite_int8(net, data[0], path)
+    return path, info
+
+
+@pytest.fixture(scope="module")
+def tflm(int8_file):
+    return q.TFLiteMicroClassifier(int8_file[0], CLASSES)
+
+
+@pytest.fixture(scope="module")
+def litert(int8_file):
+    return q.LiteRTClassifier(int8_file[0], CLASSES, reference_kernels=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_files(net, data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    float_info = q.export_onnx(net, folder / "model.onnx")
+    int8_info = q.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", data[0])
+    return folder / "model.onnx", folder / "model_int8.onnx", float_info, int8_info
+
+
+# ----------------------------------------------------------------------------------------------- TFLite
+
+
+def test_import_is_cheap():
+    code = ("import sys, lcasc.quantize; heavy = [m for m in ('tensorflow', 'onnxruntime', 'onnx', 'tflite_micro') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_keras_mirror_matches_torch(net, data):
+    X = data[2][:16]
+    mirror = q.keras_mirror(net)
+    p = mirror(X[..., None], training=False).numpy()
+    np.testing.assert_allclose(p, float_proba(net, X), atol=1e-5)
+
+
+def test_int8_file_is_full_integer_with_tflm_fixed_qparams(int8_file, litert):
+    path, info = int8_file
+    assert info["file_bytes"] == path.stat().st_size
+    assert 15_000 < info["file_bytes"] < 40_000
+    interpreter = litert._interpreter
+    assert litert.input_detail["dtype"] == np.int8
+    assert litert.output_detail["dtype"] == np.int8
+    assert list(litert.input_detail["shape"]) == [1, 40, 51, 1]
+    # Read the quantization of every TANH output from the interpreter's own tensor details.
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    tanh_outputs = [tensors[int(op["outputs"][0])] for op in ops if op["op_name"] == "TANH"]
+    assert len(tanh_outputs) == 3  # C1, C3, dense (activations "TRTT")
+    for t in tanh_outputs:
+        assert t["dtype"] == np.int8
+        assert t["quantization"] == (1 / 128, 0), t["name"]
+    softmax = [tensors[int(op["outputs"][0])] for op in ops if op["op_name"] == "SOFTMAX"]
+    assert softmax[0]["quantization"] == (1 / 256, -128)
+    # Weights int8, per output channel for the convolutions.
+    conv_weights = [tensors[int(op["inputs"][1])] for op in ops if op["op_name"] == "CONV_2D"]
+    assert [len(w["quantization_parameters"]["scales"]) for w in conv_weights] == [16, 16, 32]
+    assert all(w["dtype"] == np.int8 for w in conv_weights)
+    # No float op, no Permute/Transpose: the dense columns were reordered instead.
+    assert [op["op_name"] for op in ops] == ["CONV_2D", "TANH", "CONV_2D", "AVERAGE_POOL_2D", "CONV_2D", "TANH",
+                                             "AVERAGE_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "TANH",
+                                             "FULLY_CONNECTED", "SOFTMAX"]
+    assert all(t is np.int8 for op in ops for t in op["result_types"])
+    assert q.fixed_qparam_violations(path) == []
+
+
+def test_tflm_within_one_step_of_litert_reference(int8_file, tflm, litert, data):
+    """Every TFLM kernel within 1 int8 step of LiteRT's reference kernel on identical inputs; the final
+    outputs agree closely (a 1-step rounding difference in FC1 can grow through tanh and the coarse
+    logit scale before the softmax, so they are allowed a few steps, on few clips)."""
+    check = q.compare_tflm_litert(int8_file[0], data[2])
+    assert check["n"] == len(data[2])
+    assert check["kernel_max_step_diff"] <= 1
+    assert check["output_max_step_diff"] <= 8
+    assert check["identical_fraction"] >= 0.8
+    assert check["argmax_agreement"] >= 0.99
+    # The runners' own int8 paths give the same outputs as the comparison's.
+    Xq = tflm.quantize_input(data[2])
+    np.testing.assert_array_equal(Xq, litert.quantize_input(data[2]))
+    a, b = tflm.invoke_int8(Xq).astype(int), litert.invoke_raw(Xq).astype(int)
+    assert np.abs(a - b).max() == check["output_max_step_diff"]
+
+
+def test_int8_close_to_float(tflm, net, data):
+    _, _, X_test, y_test = data
+    p_float = float_proba(net, X_test)
+    p_int8 = tflm.predict_proba(X_test)
+    assert p_int8.shape == (len(X_test), N_CLASSES) and p_int8.dtype == np.float32
+    np.testing.assert_allclose(p_int8.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(p_int8 - p_float).max() < 0.06
+    assert np.abs(p_int8 - p_float).mean() < 0.005
+    assert (p_int8.argmax(1) == p_float.argmax(1)).mean() >= 0.95
+    acc_float, acc_int8 = (p_float.argmax(1) == y_test).mean(), (p_int8.argmax(1) == y_test).mean()
+    assert acc_float > 0.6  # the network learnt something, so the comparison is not between noise
+    assert abs(acc_int8 - acc_float) <= 0.02
+
+
+def test_runners_follow_the_classifier_protocol(tflm, litert, data):
+    X = data[2][:8]
+    for clf in (tflm, litert):
+        assert isinstance(clf, Classifier)
+        assert clf.classes == CLASSES
+        with pytest.raises(NotImplementedError):
+            clf.fit(X, np.zeros(len(X), int))
+    np.testing.assert_allclose(litert.predict_proba(X), tflm.predict_proba(X), atol=1.5 / 256)
+    np.testing.assert_array_equal(tflm.predict_proba(X[:, None]), tflm.predict_proba(X))  # (N, 1, 40, 51) too
+    with pytest.raises(ValueError, match="outputs"):
+        q.LiteRTClassifier(litert.path, CLASSES[:3])
+
+
+def test_litert_batches_match_single_clips(litert, data):
+    X = data[2][:10]
+    batched = litert.predict_proba(X)
+    single = np.concatenate([litert.predict_proba(X[i:i + 1]) for i in range(len(X))])
+    np.testing.assert_array_equal(batched, single)
+
+
+def test_arena_bytes_plausible(int8_file):
+    path, info = int8_file
+    assert info["arena_bytes"] == q.arena_bytes(path)
+    # 65,280 bytes are the two 40x51x16 int8 maps of C1 and C2, alive at the same time.
+    assert 65_280 < info["arena_bytes"] < 75_000
+    report = q.tflm_allocation_report(path)
+    assert report["head"] == 2 * 40 * 51 * 16
+    assert report["total"] <= info["arena_bytes"] <= report["total"] + 1024
+    assert not q._tflm_runs(path.read_bytes(), info["arena_bytes"] - 64)
+    clf = q.TFLiteMicroClassifier(path, CLASSES, arena_size=info["arena_bytes"])  # the measured arena suffices
+    assert clf.predict_proba(np.zeros((1, 40, 51), np.float32)).shape == (1, N_CLASSES)
+
+
+def test_export_leaves_only_the_target(int8_file):
+    path, _ = int8_file
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_failed_export_leaves_nothing(int8_file, net, data, monkeypatch, tmp_path):
+    good = int8_file[0].read_bytes()
+    monkeypatch.setattr(q, "_convert", lambda model, calibration: good)
+
+    def broken(path):
+        raise RuntimeError("simulated failure after the temporary file was written")
+
+    monkeypatch.setattr(q, "arena_bytes", broken)
+    target = tmp_path / "model.tflite"
+    with pytest.raises(RuntimeError, match="simulated"):
+        q.export_tflite_int8(net, data[0][:10], target)
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"previous file")
+    with pytest.raises(RuntimeError, match="simulated"):
+        q.export_tflite_int8(net, data[0][:10], target)
+    assert target.read_bytes() == b"previous file"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_wrong_tanh_quantization_is_refused_and_caught_by_tflm_comparison(int8_file, net, data, monkeypatch,
+                                                                          tmp_path):
+    """The TANH trap of EXPORT-NOTES: a TANH output scale other than 1/128 runs in LiteRT but TFLM computes
+    it wrongly. The export refuses such a file; the TFLM-vs-LiteRT comparison would catch it too."""
+    import flatbuffers
+    from tflite_micro.python.tflite_micro import runtime
+
+    model = runtime.convert_bytearray_to_object(bytearray(int8_file[0].read_bytes()))
+    graph = model.subgraphs[0]
+    tanh = next(op for op in graph.operators
+                if runtime.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]) == 28)
+    graph.tensors[tanh.outputs[0]].quantization.scale = np.array([1 / 64], np.float32)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    bad = bytes(builder.Output())
+    (tmp_path / "bad.tflite").write_bytes(bad)
+    assert len(q.fixed_qparam_violations(tmp_path / "bad.tflite")) == 1
+    assert q.compare_tflm_litert(tmp_path / "bad.tflite", data[2][:20])["kernel_max_step_diff"] > 10
+
+    monkeypatch.setattr(q, "_convert", lambda model, calibration: bad)
+    with pytest.raises(RuntimeError, match="TANH"):
+        q.export_tflite_int8(net, data[0][:10], tmp_path / "out" / "model.tflite")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_float_tflite_matches_torch(net, data, tmp_path):
+    info = q.export_tflite_float(net, tmp_path / "model.tflite")
+    assert info["file_bytes"] == (tmp_path / "model.tflite").stat().st_size
+    clf = q.LiteRTClassifier(tmp_path / "model.tflite", CLASSES, reference_kernels=False)
+    assert not clf.int8
+    np.testing.assert_allclose(clf.predict_proba(data[2]), float_proba(net, data[2]), atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [CNNSpec.from_widths("12-12-22-100"), CNNSpec(kernel_size=5, activations="RRRR")],
+                         ids=["pruned-12-12-22-100", "k5-RRRR"])
+def test_other_networks_export(spec, data, tmp_path):
+    """Pruned widths and a 5x5 / all-ReLU network export and run in TFLM. Their int8 probabilities are
+    further from float on single clips (ReLU dense layers give wide logit ranges, so coarse logit steps;
+    the int8 input step on the raw log-mel already costs a few steps in C1), so the bound is on the
+    mean, the decisions and accuracy, with a loose cap on the worst clip."""
+    X_train, y_train, X_test, y_test = data
+    net = train(spec, X_train, y_train, steps=100)
+    info = q.export_tflite_int8(net, X_train, tmp_path / "model.tflite")
+    assert 50_000 < info["arena_bytes"] < 75_000  # two 40x51xC1|C2 int8 maps dominate
+    ops = q.tflite_ops(tmp_path / "model.tflite")
+    assert all(out["dtype"] == "INT8" for op in ops for out in op["outputs"])
+    assert sum(op["op"] == "TANH" for op in ops) == spec.activations.count("T")
+    assert q.fixed_qparam_violations(tmp_path / "model.tflite") == []
+    check = q.compare_tflm_litert(tmp_path / "model.tflite", X_test[:100])
+    assert check["kernel_max_step_diff"] <= 1
+    assert check["output_max_step_diff"] <= 8
+    p_int8 = q.TFLiteMicroClassifier(tmp_path / "model.tflite", CLASSES).predict_proba(X_test[:100])
+    p_float = float_proba(net, X_test[:100])
+    assert np.abs(p_int8 - p_float).max() < 0.2
+    assert np.abs(p_int8 - p_float).mean() < 0.01
+    assert (p_int8.argmax(1) == p_float.argmax(1)).mean() >= 0.95
+    acc_float, acc_int8 = ((p.argmax(1) == y_test[:100]).mean() for p in (p_float, p_int8))
+    assert acc_float > 0.5 and abs(acc_int8 - acc_float) <= 0.03  # chance is 0.1
+
+
+def test_calibration_is_validated(net, tmp_path):
+    with pytest.raises(ValueError, match="40, 51"):
+        q.export_tflite_int8(net, np.zeros((4, 40, 50), np.float32), tmp_path / "x.tflite")
+    with pytest.raises(ValueError, match="NaN"):
+        q.export_tflite_int8(net, np.full((4, 40, 51), np.nan, np.float32), tmp_path / "x.tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------- ONNX
+
+
+def test_onnx_float_matches_torch(onnx_files, net, data):
+    float_path, _, float_info, _ = onnx_files
+    assert float_info["file_bytes"] == float_path.stat().st_size
+    clf = q.OnnxClassifier(float_path, CLASSES)
+    assert isinstance(clf, Classifier)
+    np.testing.assert_allclose(clf.predict_proba(data[2]), float_proba(net, data[2]), atol=1e-5)
+    assert clf.predict_proba(data[2][:3]).shape == (3, N_CLASSES)  # dynamic batch
+
+
+def test_onnx_int8_runs_and_agrees(onnx_files, net, data):
+    float_path, int8_path, float_info, int8_info = onnx_files
+    assert int8_info["file_bytes"] < 0.6 * float_info["file_bytes"]
+    assert sorted(p.name for p in float_path.parent.iterdir()) == ["model.onnx", "model_int8.onnx"]
+    p_int8 = q.OnnxClassifier(int8_path, CLASSES).predict_proba(data[2])
+    p_float = float_proba(net, data[2])
+    np.testing.assert_allclose(p_int8.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(p_int8 - p_float).max() < 0.1
+    assert (p_int8.argmax(1) == p_float.argmax(1)).mean() >= 0.9
