@@ -60,7 +60,7 @@ def cmd_run(args) -> int:
     from lcasc.pipeline import run_all
 
     run = _new_run(args)
-    res = run_all(run)
+    res = run_all(run, tuple(args.skip or ()))
     _summary(run, res)
     return 0
 
@@ -121,6 +121,33 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from lcasc import report
+    from lcasc.pipeline import RunError, int8_available, stage_quantize
+
+    if not int8_available():
+        raise RunError("INT8 export needs TensorFlow, tflite-micro and ONNX Runtime: pip install 'lcasc[tflite]'")
+    run = _existing_run(args)
+    for e in stage_quantize(run, args.models, args.calibration_segments):
+        print(f"{e['name']:<24} acc {100 * e['float_accuracy']:5.1f} -> {100 * e['accuracy']:5.1f} %  log-loss "
+              f"{e['float_log_loss']:.3f} -> {e['log_loss']:.3f}  {e['file_bytes']:>7,} bytes  "
+              f"arena {e['arena_bytes']:>7,} bytes  {e['file']}")
+    report.write(run)
+    return 0
+
+
+def cmd_study(args) -> int:
+    from lcasc import report
+    from lcasc.study import run_study, study_table_markdown
+
+    run = _existing_run(args)
+    rows = run_study(run, args.kernels, args.activations, args.repeats, args.max_epochs, args.patience,
+                     args.workers, args.ray_address, progress=not args.quiet)
+    print(study_table_markdown(rows), end="")
+    report.write(run)
+    return 0
+
+
 def cmd_ensemble(args) -> int:
     from lcasc import report
     from lcasc.pipeline import stage_ensemble
@@ -168,7 +195,7 @@ def cmd_baselines(args) -> int:
     from lcasc.pipeline import stage_baselines
 
     run = _existing_run(args)
-    for e in stage_baselines(run, args.only, args.vggish_weights, args.vggish_epochs):
+    for e in stage_baselines(run, args.only, args.vggish_weights, args.vggish_epochs, args.refit):
         print(f"{e['name']:<8} acc {100 * e['accuracy']:5.1f} %  log-loss {e['log_loss']:.3f}  "
               f"best {e['best_params'] or '-'}  ({e['fit_seconds']} s)")
     report.write(run)
@@ -214,9 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", formatter_class=_Formatter, help="the whole pipeline into a run directory",
-                       description="features -> train -> evaluate -> complexity -> report, into DIR. "
-                                   "Rerunning the same command resumes an interrupted run.")
+                       description="features -> train -> evaluate (with complexity) -> prune + fine-tune -> "
+                                   "INT8 (TFLite Micro, ONNX) -> ensembles -> baselines (GMM, RF, MLP, DLSI) -> "
+                                   "report, into DIR. Rerunning the same command resumes an interrupted run.")
     _run_options(p)
+    p.add_argument("--skip", nargs="+", choices=["prune", "quantize", "ensemble", "baselines"], metavar="STAGE",
+                   help="stages to leave out: prune, quantize, ensemble, baselines")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("features", formatter_class=_Formatter, help="start a run directory and compute features",
@@ -243,6 +273,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which filters go: similar pairs (the paper), or, removing as many per layer, the "
                         "smallest L1 norms or random ones (for comparison)")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("quantize", formatter_class=_Formatter, help="INT8 files for microcontrollers, evaluated",
+                       description="Post-training full-integer quantization (int8 weights per channel, int8 "
+                                   "activations calibrated on real training features) of every float network into "
+                                   "models/<name>/model_int8.tflite, which TensorFlow Lite Micro runs; plus ONNX "
+                                   "float and INT8 (QDQ) files. Each INT8 file is evaluated by running it in "
+                                   "tflite-micro; its arena (RAM) bytes are measured.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory with trained networks")
+    p.add_argument("--models", nargs="+", metavar="NAME", help="network names (default: every float network)")
+    p.add_argument("--calibration-segments", type=int, default=500,
+                   help="training segments (random, seeded) that calibrate the activation ranges")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("study", formatter_class=_Formatter, help="architecture study: kernel sizes x activations",
+                       description="Paper Figures 1 and 2: train every (kernel size, activation pattern) variant "
+                                   "`--repeats` times with seeds seed..seed+repeats-1, report mean and std of "
+                                   "accuracy and log-loss with params and MACs, as a table and two PNG figures. "
+                                   "Jobs run in parallel on the local cores, or on a Ray cluster with "
+                                   "--ray-address; the numbers are the same either way. A killed study resumes.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory (its features and widths are used)")
+    p.add_argument("--kernels", nargs="+", type=int, default=[1, 3, 5, 7], help="kernel sizes (odd)")
+    p.add_argument("--activations", nargs="+", default=["TTTT", "RRRR", "TRTT"],
+                   help="activation patterns of C1 C2 C3 dense: T=tanh, R=ReLU")
+    p.add_argument("--repeats", type=int, default=5, help="trainings per variant (different seeds)")
+    p.add_argument("--max-epochs", type=int, help="override the run's maximum epochs")
+    p.add_argument("--patience", type=int, help="override the run's early-stopping patience")
+    p.add_argument("--workers", type=int, help="parallel jobs (default: every local core)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="run the jobs as Ray tasks: 'local' starts a local Ray instance, 'auto' or "
+                        "'ray://host:10001' joins a cluster (workers need lcasc and the run directory)")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("ensemble", formatter_class=_Formatter, help="ensembles of the run's networks",
                        description="Equal-weight mean of member probabilities. Default: the six pruned networks "
@@ -277,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vggish-weights", metavar="PATH",
                    help="state dict of the torchvggish port (.pth) to initialise VGGish's convolutions")
     p.add_argument("--vggish-epochs", type=int, default=30, help="VGGish training epochs at most")
+    p.add_argument("--refit", action="store_true", help="fit again baselines that results.json already holds")
     p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("complexity", formatter_class=_Formatter, help="parameters, MACs and INT8 size of networks",

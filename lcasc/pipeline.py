@@ -91,6 +91,8 @@ class Run:
         self._dataset: Dataset = load_dataset(config.dataset, config.layout)
         self._features: FeatureSet | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
+        for tmp in self.dir.rglob(".*.tmp"):  # temporary files of writes a killed run left unfinished
+            tmp.unlink(missing_ok=True)
         write_yaml(saved, config.to_dict())
 
     # -- data ---------------------------------------------------------------------------------------
@@ -190,10 +192,32 @@ def evaluate_classifier(run: Run, clf, name: str, extra: dict | None = None, fig
     return evaluate_probs(run, name, clf.predict_proba(te.X), clf.predict_proba(va.X), extra, figure)
 
 
+def save_probabilities(run: Run, name: str, test_probs: np.ndarray, val_probs: np.ndarray) -> None:
+    """``models/<name>/probabilities.npz``: (N, n_classes) test and validation probabilities, so ensembles and
+    analyses reuse them instead of running the model (or its INT8 file) again."""
+    from lcasc.io import atomic_path
+
+    with atomic_path(run.model_dir(name) / "probabilities.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, test=np.asarray(test_probs, np.float32), validate=np.asarray(val_probs, np.float32))
+
+
+def load_probabilities(run: Run, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(test, validation) probabilities saved by the evaluation of ``name``, or None when absent or stale."""
+    path = run.model_dir(name) / "probabilities.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        test, val = z["test"], z["validate"]
+    if len(test) != len(run.split("test")) or len(val) != len(run.split("validate")):
+        return None
+    return test, val
+
+
 def evaluate_probs(run: Run, name: str, test_probs: np.ndarray, val_probs: np.ndarray, extra: dict | None = None,
                    figure: bool = True) -> dict:
     """Metrics of given test/validation probabilities; writes models/<name>/evaluation.json (+ confusion PNG)."""
     te, va = run.split("test"), run.split("validate")
+    save_probabilities(run, name, test_probs, val_probs)
     ev = metrics.evaluate(test_probs, te.y, run.classes, te.device, te.recording)
     val = metrics.scores(val_probs, va.y, len(run.classes))
     write_json(run.model_dir(name) / "evaluation.json", {"test": ev, "validate": val})
@@ -288,6 +312,13 @@ def stage_prune(run: Run, layers: list[str] | None = None, criterion: str = "sim
     return entries
 
 
+def int8_available() -> bool:
+    """Whether the INT8 export extras (``lcasc[tflite]``) are importable."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tflite_micro", "onnx", "onnxruntime"))
+
+
 def stage_quantize(run: Run, names: list[str] | None = None, calibration_segments: int = 500) -> list[dict]:
     """Full-integer INT8 TFLite (for TensorFlow Lite Micro) and ONNX (float, INT8 QDQ) of every float CNN,
     evaluated by running the INT8 file itself in tflite-micro."""
@@ -299,26 +330,38 @@ def stage_quantize(run: Run, names: list[str] | None = None, calibration_segment
     tr = run.split("train")
     rng = np.random.default_rng(run.config.train.seed)
     calibration = tr.X[np.sort(rng.choice(len(tr), min(calibration_segments, len(tr)), replace=False))]
+    done = {n["name"]: n for n in run.results()["networks"] if n["precision"] == "int8"}
     entries = []
     for net_entry in floats:
         name, folder = net_entry["name"], run.model_dir(net_entry["name"])
-        clf = CNNClassifier.load(folder)
         tflite = folder / "model_int8.tflite"
+        if f"{name}_int8" in done and tflite.is_file() and (folder / "model_int8.onnx").is_file():
+            entries.append(done[f"{name}_int8"])  # finished by an earlier invocation
+            continue
+        clf = CNNClassifier.load(folder)
         if not tflite.is_file():
             quantize.export_tflite_int8(clf.net, calibration, tflite)
         if not (folder / "model_int8.onnx").is_file():
             quantize.export_onnx(clf.net, folder / "model.onnx")
             quantize.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", calibration)
         int8 = quantize.TFLiteMicroClassifier(tflite, run.classes)
+        # The check that matters (EXPORT-NOTES): TFLM's kernels against LiteRT's reference kernels, per op.
+        agreement = quantize.compare_tflm_litert(tflite, run.split("test").X[:100])
         entry = {"name": f"{name}_int8", "kind": "cnn", "precision": "int8", "widths": net_entry["widths"],
                  **evaluate_classifier(run, int8, f"{name}_int8", figure=False),
                  "params": net_entry["params"], "macs": net_entry["macs"], "size_kb": net_entry["size_kb"],
                  "within_dcase_limits": net_entry["within_dcase_limits"],
                  "file": str(tflite.relative_to(run.dir)), "file_bytes": tflite.stat().st_size,
-                 "arena_bytes": quantize.arena_bytes(tflite),
+                 "arena_bytes": int8.arena_size - quantize.ARENA_MARGIN,
+                 "onnx_bytes": (folder / "model.onnx").stat().st_size,
                  "onnx_int8_bytes": (folder / "model_int8.onnx").stat().st_size,
+                 "tflm_vs_litert_max_step_diff": agreement["kernel_max_step_diff"],
                  "float_accuracy": net_entry["accuracy"], "float_log_loss": net_entry["log_loss"],
                  **{k: net_entry[k] for k in ("criterion", "pruned_layers") if k in net_entry}}
+        if agreement["kernel_max_step_diff"] > 1:
+            tflite.unlink()  # never leave a file behind that a later stage would trust
+            raise RunError(f"{tflite}: TensorFlow Lite Micro differs from the LiteRT reference kernels by "
+                           f"{agreement['kernel_max_step_diff']} quantization steps; the file is not usable")
         run.record("networks", entry)
         log.info("int8: %s accuracy %.3f (float %.3f), %d bytes, arena %d bytes", name, entry["accuracy"],
                  net_entry["accuracy"], entry["file_bytes"], entry["arena_bytes"])
@@ -365,11 +408,18 @@ def _baseline_cost(kind: str, clf) -> dict:
 
 
 def stage_baselines(run: Run, only: list[str] | None = None, vggish_weights: str | None = None,
-                    vggish_epochs: int = 30) -> list[dict]:
-    """Fit every requested baseline on train (choosing hyper-parameters on validation), evaluate on test."""
+                    vggish_epochs: int = 30, refit: bool = False) -> list[dict]:
+    """Fit every requested baseline on train (choosing hyper-parameters on validation), evaluate on test.
+    Baselines already in ``results.json`` are kept unless ``refit``."""
     tr, va = run.split("train"), run.split("validate")
+    done = {n["name"]: n for n in run.results()["networks"] if n.get("kind") == "baseline"}
     entries = []
     for kind in only or CHEAP_BASELINES:
+        if kind not in BASELINES:
+            raise RunError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
+        if kind in done and not refit:
+            entries.append(done[kind])  # fitted by an earlier invocation
+            continue
         t0 = time.perf_counter()
         clf = make_baseline(kind, run, vggish_weights, vggish_epochs).fit(tr.X, tr.y, va.X, va.y)
         entry = {"name": kind, "kind": "baseline", "precision": "float32",
@@ -409,6 +459,8 @@ def stage_ensemble(run: Run, members: list[str] | None = None, budget_params: in
 
     def member_probs(name):
         if name not in probs:
+            probs[name] = load_probabilities(run, name)
+        if probs[name] is None:
             clf = member_classifier(run, nets[name])
             probs[name] = (clf.predict_proba(te.X), clf.predict_proba(va.X))
         return probs[name]
@@ -453,17 +505,29 @@ def stage_ensemble(run: Run, members: list[str] | None = None, budget_params: in
     return entries
 
 
-def run_all(run: Run) -> dict:
-    """``lcasc run``: features -> train -> evaluate (with complexity) -> prune + fine-tune -> ensembles -> report."""
+# The stages of ``lcasc run``, in order; each skips what its run directory already holds.
+RUN_STAGES = ("features", "train", "evaluate", "prune", "quantize", "ensemble", "baselines")
+
+
+def run_all(run: Run, skip: tuple[str, ...] = ()) -> dict:
+    """``lcasc run``: features -> train -> evaluate (with complexity) -> prune + fine-tune -> INT8 ->
+    ensembles -> cheap baselines -> report. ``skip`` names stages to leave out (never the first three)."""
     from lcasc import report
 
-    timings = {}
-    for stage, fn in (("features", stage_features), ("train", stage_train), ("evaluate", stage_evaluate),
-                      ("prune", stage_prune), ("ensemble", stage_ensemble)):
+    stages = {"features": stage_features, "train": stage_train, "evaluate": stage_evaluate, "prune": stage_prune,
+              "quantize": stage_quantize, "ensemble": stage_ensemble, "baselines": stage_baselines}
+    timings = {}  # seconds this invocation spent per stage (a resumed run skips finished work)
+    for stage in RUN_STAGES:
+        if stage in skip:
+            continue
+        if stage == "quantize" and not int8_available():
+            log.warning("INT8 stage skipped: TensorFlow / tflite-micro / ONNX Runtime are not installed "
+                        "(pip install 'lcasc[tflite]')")
+            continue
         t0 = time.perf_counter()
-        fn(run)
+        stages[stage](run)
         timings[stage] = round(time.perf_counter() - t0, 2)
         log.info("stage %s done in %.1f s", stage, timings[stage])
-    run.update_results(timings=timings)
+        run.update_results(timings=timings)
     report.write(run)
     return run.results()

@@ -63,6 +63,7 @@ def write(run) -> str:
     parts += _int8_section(res)
     parts += _ensemble_section(run, res)
     parts += _baseline_section(run, res)
+    parts += _study_section(run)
     text = "\n".join(parts).rstrip() + "\n"
     write_text(run.dir / "report.md", text)
     return text
@@ -162,3 +163,20 @@ def _baseline_section(run, res: dict) -> list[str]:
             "(VGGish); hyper-parameters chosen on the validation split by log-loss.", "",
             _table(["method", "params", "MACs", "accuracy %", "log-loss", "notes"], rows), "",
             _figure(run, "methods.png", "accuracy of every method")]
+
+
+def _study_section(run) -> list[str]:
+    summary = read_json(run.dir / "study" / "summary.json")
+    if not summary:
+        return []
+    from lcasc.study import study_table_markdown
+
+    train = summary.get("train", {})
+    return ["## Architecture study (Figures 1 and 2 analogue)", "",
+            f"Widths {summary['widths']}; every variant trained {summary['repeats']} times (seeds "
+            f"{summary['base_seed']}..{summary['base_seed'] + summary['repeats'] - 1}, at most "
+            f"{train.get('max_epochs')} epochs, patience {train.get('patience')}), evaluated on the "
+            f"{summary['evaluated_on']} split; mean ± {summary['std']}. Executor: {summary['executor']}.", "",
+            study_table_markdown(summary),
+            _figure(run, "study_kernels.png", "accuracy and log-loss against kernel size (Figure 1 analogue)"),
+            _figure(run, "study_activations.png", "activation patterns (Figure 2 analogue)")]

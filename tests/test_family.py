@@ -12,6 +12,7 @@ import soundfile as sf
 
 import lcasc
 from lcasc.ensemble import EnsembleClassifier, best_subset, paper_table3_subsets
+from lcasc.pipeline import int8_available
 
 from .conftest import make_csv_dataset, real_clips
 
@@ -110,12 +111,52 @@ def test_prune_with_the_l1_criterion_removes_as_many_filters(run_dir):
     assert "pruned_l1_C1" in {n["name"] for n in results(run_dir)["networks"]}
 
 
-def test_cheap_baselines_share_the_report(run_dir):
-    lcasc_cli("baselines", "--run", str(run_dir), "--only", "gmm", "rf")
-    base = {n["name"]: n for n in results(run_dir)["networks"] if n["kind"] == "baseline"}
-    assert set(base) == {"gmm", "rf"} and all(0 <= b["accuracy"] <= 1 for b in base.values())
+def test_run_includes_the_cheap_baselines_and_refits_on_request(run_dir):
+    before = {n["name"]: n for n in results(run_dir)["networks"] if n["kind"] == "baseline"}
+    assert set(before) == {"gmm", "rf", "mlp", "dlsi"} and all(0 <= b["accuracy"] <= 1 for b in before.values())
     assert "Figure 4 analogue" in (run_dir / "report.md").read_text()
     assert (run_dir / "figures" / "methods.png").is_file()
+    out = lcasc_cli("baselines", "--run", str(run_dir), "--only", "gmm", "rf")  # already there: kept
+    assert out.stdout.count("acc") == 2
+    after = {n["name"]: n for n in results(run_dir)["networks"] if n["kind"] == "baseline"}
+    assert after["gmm"]["fit_seconds"] == before["gmm"]["fit_seconds"]
+    lcasc_cli("baselines", "--run", str(run_dir), "--only", "gmm", "--refit")
+    refit = {n["name"]: n for n in results(run_dir)["networks"] if n["kind"] == "baseline"}
+    assert refit["gmm"]["accuracy"] == before["gmm"]["accuracy"]  # same seed, same model
+
+
+@pytest.mark.skipif(not int8_available(), reason="INT8 export extras (lcasc[tflite]) not installed")
+def test_run_writes_int8_files_that_tflite_micro_runs(run_dir):
+    from lcasc.pipeline import Run
+    from lcasc.quantize import TFLiteMicroClassifier, fixed_qparam_violations
+
+    res = results(run_dir)
+    nets = {n["name"]: n for n in res["networks"]}
+    floats = [n for n in nets.values() if n["kind"] == "cnn" and n["precision"] == "float32"]
+    assert len(floats) == 7
+    te = Run(run_dir, progress=False).split("test")
+    X, y = te.X, te.y
+    for f in floats:
+        q = nets[f"{f['name']}_int8"]
+        path = run_dir / q["file"]
+        assert path.is_file() and q["file_bytes"] == path.stat().st_size and q["size_kb"] == f["size_kb"]
+        assert 20_000 < q["arena_bytes"] < 200_000 and q["tflm_vs_litert_max_step_diff"] <= 1
+        assert fixed_qparam_violations(path) == []
+        probs = TFLiteMicroClassifier(path, res["classes"], arena_size=q["arena_bytes"] + 256).predict_proba(X)
+        assert np.isclose((probs.argmax(1) == y).mean(), q["accuracy"], atol=1e-6)
+        assert (run_dir / "models" / f["name"] / "model_int8.onnx").is_file()
+    ens = {e["name"]: e for e in res["ensembles"]}
+    assert ens["ensemble_all_int8"]["precision"] == "int8" and len(ens["ensemble_all_int8"]["members"]) == 6
+    assert "INT8 (full-integer TFLite" in (run_dir / "report.md").read_text()
+
+
+def test_study_command_adds_the_architecture_study_to_the_report(run_dir):
+    out = lcasc_cli("study", "--run", str(run_dir), "--kernels", "1", "3", "--activations", "TRTT", "--repeats",
+                    "1", "--max-epochs", "1", "--workers", "2")
+    assert "k1_TRTT" in out.stdout and "k3_TRTT" in out.stdout
+    assert "Architecture study" in (run_dir / "report.md").read_text()
+    assert (run_dir / "figures" / "study_kernels.png").is_file()
+    assert (run_dir / "figures" / "study_activations.png").is_file()
 
 
 def test_predict_api_on_arrays_and_files(run_dir, tmp_path):

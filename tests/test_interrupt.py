@@ -1,0 +1,106 @@
+"""SIGKILL during feature caching, training and pruning, then the same command again: the run finishes with
+the numbers of an uninterrupted run, and nothing half-written is ever trusted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import make_csv_dataset
+
+# Fewer stages keep this module short; the resumption of each stage is what is tested.
+FAST = ["--max-epochs", "4", "--patience", "10", "--skip", "quantize", "ensemble", "baselines"]
+
+
+def start(out: Path, cache: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lcasc", "-q", "run", "--out", str(out), "--cache-dir",
+                             str(cache), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; fails if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, "timed out waiting for the moment to kill"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def numbers(out: Path) -> dict:
+    """results.json without what legitimately differs between runs (timings, absolute paths)."""
+    res = json.loads((out / "results.json").read_text())
+    res.pop("timings", None)
+    res.get("data", {}).pop("root", None)
+    return res
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Temporary files of atomic writes that a kill interrupted (``.name.XXXX.tmp``): nothing ever reads
+    them, and the next invocation on the run directory removes them."""
+    return sorted(folder.rglob(".*.tmp"))
+
+
+def assert_artifacts_whole(folder: Path) -> None:
+    for path in folder.rglob("*.json"):
+        json.loads(path.read_text())
+    for path in folder.rglob("model.pt"):
+        assert torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_killed_during_feature_caching_resumes_to_the_same_results(tmp_path):
+    # The embedded default has 318 recordings: two cache chunks, so a kill between them is possible.
+    args = ["--max-epochs", "2", "--skip", "prune", "quantize", "ensemble", "baselines"]
+    finish(start(tmp_path / "reference", tmp_path / "cache_ref", *args))
+
+    cache = tmp_path / "cache"
+    proc = start(tmp_path / "run", cache, *args)
+    kill_when(proc, lambda: any(cache.glob("logmel-*.npz")))
+    assert not (tmp_path / "run" / "features" / "summary.json").exists()
+    assert len(list(cache.glob("logmel-*.npz"))) == 1  # the second chunk was under way
+    finish(start(tmp_path / "run", cache, *args))
+    assert len(list(cache.glob("logmel-*.npz"))) == 2
+    assert numbers(tmp_path / "run") == numbers(tmp_path / "reference")
+    assert leftovers(tmp_path / "run") == []
+    assert_artifacts_whole(tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_csv_dataset(tmp_path_factory.mktemp("interrupt") / "ds", per_class=2)
+
+
+def test_killed_during_training_and_pruning_resumes_to_the_same_results(tmp_path, dataset):
+    args = ["--dataset", str(dataset), *FAST]
+    finish(start(tmp_path / "reference", tmp_path / "cache", *args))
+
+    out = tmp_path / "run"
+    proc = start(out, tmp_path / "cache", *args)
+    kill_when(proc, lambda: (out / "models" / "unpruned" / "last.ckpt").is_file())
+    assert not (out / "models" / "unpruned" / "model.pt").exists()  # killed mid-training
+
+    proc = start(out, tmp_path / "cache", *args)  # resumes training, then prunes; killed while fine-tuning
+    kill_when(proc, lambda: (out / "models" / "pruned_C12" / "last.ckpt").is_file())
+    assert not (out / "models" / "pruned_C12" / "model.pt").exists()
+    assert (out / "models" / "pruned_C1" / "model.pt").is_file()
+
+    finish(start(out, tmp_path / "cache", *args))
+    assert numbers(out) == numbers(tmp_path / "reference")
+    assert leftovers(out) == []
+    assert_artifacts_whole(out)
