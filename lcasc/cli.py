@@ -113,7 +113,7 @@ def cmd_prune(args) -> int:
     from lcasc.pipeline import stage_prune
 
     run = _existing_run(args)
-    for e in stage_prune(run, args.layers, args.criterion):
+    for e in stage_prune(run, args.layers, args.criterion, args.max_epochs, args.patience):
         print(f"{e['name']:<24} {e['widths']:<14} removed {sum(len(v) for v in e['removed'].values()):>3}  "
               f"acc {100 * e['before_finetune']['accuracy']:5.1f} -> {100 * e['accuracy']:5.1f} %  "
               f"log-loss {e['before_finetune']['log_loss']:.3f} -> {e['log_loss']:.3f}")
@@ -148,6 +148,34 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_similarity(args) -> int:
+    from lcasc import report
+    from lcasc.pipeline import stage_similarity
+
+    run = _existing_run(args)
+    summary = stage_similarity(run, tuple(args.layer or ("C1", "C2", "C3")), args.clips, args.threshold)
+    for layer, res in summary["layers"].items():
+        print(f"{layer}: {len(res['shared'])} pairs of maps with MSE <= {args.threshold:g} "
+              f"over {summary['n_clips']} clips")
+        for a, b, k in res["shared"][:20]:
+            print(f"  {a} ~ {b}: map {k}")
+    report.write(run)
+    return 0
+
+
+def cmd_fuse(args) -> int:
+    from lcasc import report
+    from lcasc.pipeline import stage_fuse
+
+    run = _existing_run(args)
+    for e in stage_fuse(run, args.threshold, args.members):
+        print(f"{e['name']:<22} {e['precision']:<8} acc {100 * e['accuracy']:5.1f} %  log-loss {e['log_loss']:.3f}  "
+              f"params {e['params']:>7,}  MACs {e['macs']:>11,}  (saves {e['saved']['params']:,} params, "
+              f"{e['saved']['macs']:,} MACs)")
+    report.write(run)
+    return 0
+
+
 def cmd_ensemble(args) -> int:
     from lcasc import report
     from lcasc.pipeline import stage_ensemble
@@ -166,25 +194,40 @@ def cmd_predict(args) -> int:
     from lcasc.audio import AudioError
     from lcasc.predict import expand, format_predictions, load
 
-    predictor = load(args.run, args.model, args.ensemble)
     files = expand(args.files)
     if not files:
         print("lcasc: error: no audio files found in the given paths", file=sys.stderr)
         return 2
+    predictor = load(args.run, args.model, args.ensemble, backend=args.backend)
     preds, failed = [], 0
-    for f in tqdm(files, desc="predict", unit="file", disable=args.quiet or len(files) < 20):
-        try:
-            preds.append(predictor.predict(f))
-        except AudioError as e:
-            failed += 1
-            print(f"lcasc: skipped: {e}", file=sys.stderr)
+    # Files go through decoding, features and the network in batches (Predictor.predict_files).
+    with tqdm(total=len(files), desc="predict", unit="file", disable=args.quiet or len(files) < 20) as bar:
+        for result in predictor.predict_files(files, progress=bar):
+            if isinstance(result, AudioError):
+                failed += 1
+                tqdm.write(f"lcasc: skipped: {result}", file=sys.stderr)
+            else:
+                preds.append(result)
     text = format_predictions(preds, args.format)
     if args.output:
-        from lcasc.io import write_text
+        from pathlib import Path
 
-        write_text(args.output, text)
+        from lcasc.io import atomic_path
+
+        with atomic_path(args.output) as tmp:  # file names that are not valid UTF-8 keep their bytes
+            Path(tmp).write_bytes(text.encode("utf-8", errors="surrogateescape"))
     else:
-        sys.stdout.write(text)
+        try:
+            try:
+                sys.stdout.write(text)
+            except UnicodeEncodeError:  # a terminal that cannot show some file name: escape, do not fail
+                enc = sys.stdout.encoding or "utf-8"
+                sys.stdout.write(text.encode(enc, errors="backslashreplace").decode(enc))
+            sys.stdout.flush()
+        except BrokenPipeError:  # `lcasc predict ... | head`: the reader has what it wanted
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if failed:
         print(f"lcasc: {failed} of {len(files)} files could not be read", file=sys.stderr)
     return 0 if preds else 2
@@ -245,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "INT8 (TFLite Micro, ONNX) -> ensembles -> baselines (GMM, RF, MLP, DLSI) -> "
                                    "report, into DIR. Rerunning the same command resumes an interrupted run.")
     _run_options(p)
-    p.add_argument("--skip", nargs="+", choices=["prune", "quantize", "ensemble", "baselines"], metavar="STAGE",
-                   help="stages to leave out: prune, quantize, ensemble, baselines")
+    p.add_argument("--skip", nargs="+", choices=["prune", "quantize", "ensemble", "similarity", "fuse", "baselines"],
+                   metavar="STAGE", help="stages to leave out: prune, quantize, ensemble, similarity, fuse, baselines")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("features", formatter_class=_Formatter, help="start a run directory and compute features",
@@ -272,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=["similarity", "l1", "random"], default="similarity",
                    help="which filters go: similar pairs (the paper), or, removing as many per layer, the "
                         "smallest L1 norms or random ones (for comparison)")
+    p.add_argument("--max-epochs", type=int, help="fine-tuning epochs at most (default: the run's --max-epochs)")
+    p.add_argument("--patience", type=int, help="fine-tuning early-stopping patience (default: the run's)")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("quantize", formatter_class=_Formatter, help="INT8 files for microcontrollers, evaluated",
@@ -305,6 +350,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "'ray://host:10001' joins a cluster (workers need lcasc and the run directory)")
     p.set_defaults(func=cmd_study)
 
+    p = sub.add_parser("similarity", formatter_class=_Formatter, help="feature-map similarity between networks",
+                       description="Paper Figure 5: for every pair of the run's networks (unpruned and "
+                                   "similarity-pruned), the MSE between corresponding feature maps (same original "
+                                   "filter) of a layer, aggregated over validation clips in batches (memory does not "
+                                   "grow with --clips); the pairs of maps under --threshold; heat maps and the "
+                                   "Figure 5 analogue as PNG. Writes DIR/similarity.json.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory with pruned networks")
+    p.add_argument("--layer", nargs="+", choices=["C1", "C2", "C3"], help="layers (default: all three)")
+    p.add_argument("--clips", type=int, default=10_000, help="validation clips at most (default as in the paper)")
+    p.add_argument("--threshold", type=float, default=1e-4, help="maps with MSE at most this count as shared")
+    p.set_defaults(func=cmd_similarity)
+
+    p = sub.add_parser("fuse", formatter_class=_Formatter, help="ensemble computing shared feature maps once",
+                       description="Build one network from an ensemble of pruned networks that computes each group "
+                                   "of shared feature maps (validation MSE <= --threshold, same inputs) once and "
+                                   "feeds every member that uses it; otherwise it reproduces every member. Reports "
+                                   "its params and MACs (shared work counted once), accuracy next to the unfused "
+                                   "ensemble, the trade-off over thresholds (PNG), and exports it to INT8 TFLite.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory with pruned networks")
+    p.add_argument("--threshold", type=float, default=1e-4, help="MSE threshold for a map to be shared")
+    p.add_argument("--members", nargs="+", metavar="NAME", help="networks (default: the six similarity-pruned)")
+    p.set_defaults(func=cmd_fuse)
+
     p = sub.add_parser("ensemble", formatter_class=_Formatter, help="ensembles of the run's networks",
                        description="Equal-weight mean of member probabilities. Default: the six pruned networks "
                                    "and each leave-one-out subset (paper Table 3), for float and INT8 members, "
@@ -324,8 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="NAME", help="network name (default: lowest validation log-loss)")
     which.add_argument("--ensemble", metavar="NAME", help="ensemble name from results.json")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx", "tflite"], default="auto",
+                   help="torch: the float PyTorch model; onnx: ONNX Runtime on models/NAME/model.onnx; tflite: "
+                        "the INT8 file models/NAME/model_int8.tflite in TensorFlow Lite Micro; auto: onnx where "
+                        "its file exists and onnxruntime is installed (3-10x faster than torch here, same "
+                        "probabilities within 1e-5), else torch (INT8 networks: tflite). ONNX and INT8 files "
+                        "come from `lcasc quantize --run DIR`")
     p.add_argument("--format", choices=["table", "json", "csv", "dcase"], default="table",
-                   help="dcase: tab-separated filename, scene_label, one probability column per class")
+                   help="table: scene per file; json: scene, probabilities and per-second probabilities; csv: "
+                        "one row per second; dcase: tab-separated filename, scene_label, one probability column "
+                        "per class")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     p.set_defaults(func=cmd_predict)
 

@@ -274,8 +274,14 @@ def pruned_name(combo: str, criterion: str = "similarity") -> str:
     return f"pruned_{combo}" if criterion == "similarity" else f"pruned_{criterion}_{combo}"
 
 
-def stage_prune(run: Run, layers: list[str] | None = None, criterion: str = "similarity") -> list[dict]:
-    """Prune the unpruned network (indices found once per layer), fine-tune and evaluate each combination."""
+def stage_prune(run: Run, layers: list[str] | None = None, criterion: str = "similarity",
+                max_epochs: int | None = None, patience: int | None = None) -> list[dict]:
+    """Prune the unpruned network (indices found once per layer), fine-tune and evaluate each combination.
+
+    Fine-tuning uses the run's training recipe (all layers trainable, from the kept weights); ``max_epochs``
+    and ``patience`` override its budget."""
+    from dataclasses import replace
+
     from lcasc import prune
 
     layers = list(layers or LAYER_SETS)
@@ -296,7 +302,9 @@ def stage_prune(run: Run, layers: list[str] | None = None, criterion: str = "sim
         name = pruned_name(combo, criterion)
         removed = {layer: removed_all[layer] for layer in LAYER_SETS[combo]}
         net = prune.prune_network(base.net, removed)
-        pruned = CNNClassifier(run.classes, net=net, train_config=run.config.train, workdir=run.model_dir(name))
+        finetune = replace(run.config.train, **{k: v for k, v in (("max_epochs", max_epochs), ("patience", patience))
+                                                 if v is not None})
+        pruned = CNNClassifier(run.classes, net=net, train_config=finetune, workdir=run.model_dir(name))
         before = {"test": {k: round(v, 6) for k, v in metrics.scores(pruned.predict_proba(te.X), te.y,
                                                                      len(run.classes)).items()},
                   "validate": {k: round(v, 6) for k, v in metrics.scores(pruned.predict_proba(va.X), va.y,
@@ -307,6 +315,8 @@ def stage_prune(run: Run, layers: list[str] | None = None, criterion: str = "sim
             pruned.save(run.model_dir(name))
         entries.append(stage_evaluate(run, name, {"criterion": criterion, "pruned_layers": combo,
                                                   "removed": removed, "before_finetune": before["test"],
+                                                  "finetune": {"max_epochs": finetune.max_epochs,
+                                                               "patience": finetune.patience},
                                                   "before_finetune_validation": before["validate"]}))
     plots.pruning_effect(entries, run.figure(f"pruning_{criterion}.png"), criterion)
     return entries
@@ -319,6 +329,13 @@ def int8_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tflite_micro", "onnx", "onnxruntime"))
 
 
+def calibration_features(run: Run, n: int = 500) -> np.ndarray:
+    """(n, 40, 51) training features that calibrate INT8 activation ranges: a random subset, fixed by the seed."""
+    tr = run.split("train")
+    rng = np.random.default_rng(run.config.train.seed)
+    return tr.X[np.sort(rng.choice(len(tr), min(n, len(tr)), replace=False))]
+
+
 def stage_quantize(run: Run, names: list[str] | None = None, calibration_segments: int = 500) -> list[dict]:
     """Full-integer INT8 TFLite (for TensorFlow Lite Micro) and ONNX (float, INT8 QDQ) of every float CNN,
     evaluated by running the INT8 file itself in tflite-micro."""
@@ -327,9 +344,7 @@ def stage_quantize(run: Run, names: list[str] | None = None, calibration_segment
     floats = [n for n in run.results()["networks"] if n["precision"] == "float32" and n.get("kind", "cnn") == "cnn"]
     if names:
         floats = [n for n in floats if n["name"] in names]
-    tr = run.split("train")
-    rng = np.random.default_rng(run.config.train.seed)
-    calibration = tr.X[np.sort(rng.choice(len(tr), min(calibration_segments, len(tr)), replace=False))]
+    calibration = calibration_features(run, calibration_segments)
     done = {n["name"]: n for n in run.results()["networks"] if n["precision"] == "int8"}
     entries = []
     for net_entry in floats:
@@ -506,19 +521,130 @@ def stage_ensemble(run: Run, members: list[str] | None = None, budget_params: in
 
 
 # The stages of ``lcasc run``, in order; each skips what its run directory already holds.
-RUN_STAGES = ("features", "train", "evaluate", "prune", "quantize", "ensemble", "baselines")
+RUN_STAGES = ("features", "train", "evaluate", "prune", "quantize", "ensemble", "similarity", "fuse", "baselines")
+
+
+def _networks_with_kept(run: Run, names: list[str]) -> tuple[dict, dict]:
+    """({name: LowComplexityCNN}, {name: {layer: original filter indices}}) of float networks of the run."""
+    from lcasc.similarity import kept_from_removed
+
+    entries = {n["name"]: n for n in run.results()["networks"]}
+    unknown = [m for m in names if m not in entries or entries[m]["precision"] != "float32"
+               or entries[m].get("kind", "cnn") != "cnn"]
+    if unknown:
+        raise RunError(f"not float CNNs of this run: {', '.join(unknown)}")
+    base = CNNClassifier.load(run.model_dir(UNPRUNED)).spec
+    nets = {m: CNNClassifier.load(run.model_dir(m)).net for m in names}
+    return nets, {m: kept_from_removed(base, entries[m].get("removed")) for m in names}
+
+
+def stage_similarity(run: Run, layers: tuple[str, ...] = ("C1", "C2", "C3"), clips: int = 10_000,
+                     threshold: float = 1e-4) -> dict:
+    """Paper Figure 5: aggregated MSE between corresponding feature maps (same original filter) of every pair
+    of the run's similarity-pruned networks and the unpruned one, on up to ``clips`` validation clips
+    (the paper: 10k validation examples). Writes ``similarity.json`` and the figures."""
+    from lcasc import similarity
+
+    names = [n["name"] for n in run.results()["networks"] if n["precision"] == "float32" and n.get("kind") == "cnn"
+             and (n["name"] == UNPRUNED or n.get("criterion") == "similarity")]
+    if len(names) < 2:
+        raise RunError("the similarity analysis needs at least two networks: run `lcasc prune` first")
+    nets, kept = _networks_with_kept(run, names)
+    summary = similarity.analyse(nets, kept, run.split("validate").X, tuple(layers), threshold,
+                                 run.dir / "figures", clips, seed=run.config.train.seed)
+    write_json(run.dir / "similarity.json", summary)
+    counts = {layer: len(res["shared"]) for layer, res in summary["layers"].items()}
+    run.update_results(similarity={"file": "similarity.json", "threshold": threshold,
+                                   "n_clips": summary["n_clips"], "shared_maps": counts})
+    log.info("similarity: %s pairs of maps with MSE <= %g over %d clips", ", ".join(
+        f"{layer} {n}" for layer, n in counts.items()), threshold, summary["n_clips"])
+    return summary
+
+
+FUSED = "ensemble_fused"
+FUSE_THRESHOLDS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, float("inf"))
+
+
+def stage_fuse(run: Run, threshold: float = 1e-4, members: list[str] | None = None) -> list[dict]:
+    """An ensemble that computes each group of shared feature maps once (issue: the paper's estimate, built):
+    members default to the six similarity-pruned networks; maps whose validation MSE is at most ``threshold``
+    are computed once. Recorded in ``results.json`` ``"ensembles"`` with ``"fused": true`` next to the unfused
+    ensemble, with its trade-off over thresholds (``models/ensemble_fused/fused.json``, a PNG), and exported to
+    a full-integer INT8 file run in tflite-micro."""
+    from lcasc import fused as fusing
+    from lcasc.similarity import feature_map_mse, select_clips
+
+    names = members or [n["name"] for n in run.results()["networks"] if n["precision"] == "float32"
+                        and n.get("criterion") == "similarity"]
+    if len(names) < 2:
+        raise RunError("a fused ensemble needs at least two pruned networks: run `lcasc prune` first")
+    done = {e["name"]: e for e in run.results()["ensembles"]}
+    folder, tflite = run.model_dir(FUSED), run.model_dir(FUSED) / "model_int8.tflite"
+    float_done = FUSED in done and done[FUSED]["members"] == names and done[FUSED]["threshold"] == threshold
+    int8_wanted = int8_available()
+    if float_done and (not int8_wanted or (f"{FUSED}_int8" in done and tflite.is_file())):
+        return [done[FUSED]] + ([done[f"{FUSED}_int8"]] if int8_wanted else [])  # finished earlier
+
+    nets, kept = _networks_with_kept(run, names)
+    te, va = run.split("test"), run.split("validate")
+    # Which maps are shared is decided on validation clips (as the paper measured similarity), never on test.
+    clips = select_clips(va.X, 10_000, run.config.train.seed)
+    mse = {layer: feature_map_mse(nets, clips, layer, kept={n: kept[n][layer] for n in names}, threshold=threshold)
+           for layer in ("C1", "C2", "C3")}
+    module = fusing.build_fused(nets, kept, mse, threshold)
+    if float_done:
+        entries = [done[FUSED]]
+    else:
+        res = fusing.fuse_and_evaluate(nets, kept, clips, te.X, te.y, va.X, va.y, FUSE_THRESHOLDS, threshold,
+                                       run.dir / "figures", mse=mse)
+        res.pop("module")
+        write_json(folder / "fused.json", res)
+        cx = fusing.fused_complexity(module)
+        fields = evaluate_probs(run, FUSED, module.predict_proba(te.X), module.predict_proba(va.X), figure=False)
+        entry = {"name": FUSED, "kind": "ensemble", "fused": True, "threshold": threshold, "members": names,
+                 "precision": "float32", **fields, "params": cx.params, "macs": cx.macs, "size_kb": cx.size_kb,
+                 "within_dcase_limits": cx.within_dcase_limits,
+                 "unfused": {"params": res["unfused"]["params"], "macs": res["unfused"]["macs"],
+                             **{k: round(v, 6) for k, v in res["unfused"]["test"].items()}},
+                 "saved": res["saved"],
+                 "distinct_maps": {layer: s["distinct_maps"] for layer, s in res["fused"]["sharing"].items()}}
+        run.record("ensembles", entry)
+        entries = [entry]
+        log.info("fused ensemble (MSE <= %g): %d params, %d MACs (unfused %d, %d); accuracy %.3f (unfused %.3f)",
+                 threshold, entry["params"], entry["macs"], entry["unfused"]["params"], entry["unfused"]["macs"],
+                 entry["accuracy"], entry["unfused"]["accuracy"])
+    if not int8_wanted:
+        return entries
+    from lcasc import quantize
+
+    quantize.export_keras_int8(fusing.fused_keras_mirror(module), module.spec, calibration_features(run), tflite)
+    int8 = quantize.TFLiteMicroClassifier(tflite, run.classes)
+    float_entry = next(e for e in run.results()["ensembles"] if e["name"] == FUSED)
+    entry = {**{k: float_entry[k] for k in ("kind", "fused", "threshold", "members", "params", "macs", "size_kb",
+                                           "within_dcase_limits", "saved", "distinct_maps")},
+             "name": f"{FUSED}_int8", "precision": "int8",
+             **evaluate_classifier(run, int8, f"{FUSED}_int8", figure=False),
+             "file": str(tflite.relative_to(run.dir)), "file_bytes": tflite.stat().st_size,
+             "arena_bytes": int8.arena_size - quantize.ARENA_MARGIN,
+             "float_accuracy": float_entry["accuracy"], "float_log_loss": float_entry["log_loss"]}
+    run.record("ensembles", entry)
+    log.info("fused ensemble INT8: accuracy %.3f (float %.3f), %d bytes, arena %d bytes", entry["accuracy"],
+             entry["float_accuracy"], entry["file_bytes"], entry["arena_bytes"])
+    return [*entries, entry]
 
 
 def run_all(run: Run, skip: tuple[str, ...] = ()) -> dict:
     """``lcasc run``: features -> train -> evaluate (with complexity) -> prune + fine-tune -> INT8 ->
-    ensembles -> cheap baselines -> report. ``skip`` names stages to leave out (never the first three)."""
+    ensembles -> feature-map similarity -> fused ensemble -> cheap baselines -> report. ``skip`` names stages
+    to leave out (never the first three); stages that need pruned networks are skipped with the prune stage."""
     from lcasc import report
 
     stages = {"features": stage_features, "train": stage_train, "evaluate": stage_evaluate, "prune": stage_prune,
-              "quantize": stage_quantize, "ensemble": stage_ensemble, "baselines": stage_baselines}
+              "quantize": stage_quantize, "ensemble": stage_ensemble, "similarity": stage_similarity,
+              "fuse": stage_fuse, "baselines": stage_baselines}
     timings = {}  # seconds this invocation spent per stage (a resumed run skips finished work)
     for stage in RUN_STAGES:
-        if stage in skip:
+        if stage in skip or (stage in ("similarity", "fuse") and "prune" in skip):
             continue
         if stage == "quantize" and not int8_available():
             log.warning("INT8 stage skipped: TensorFlow / tflite-micro / ONNX Runtime are not installed "

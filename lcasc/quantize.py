@@ -235,10 +235,12 @@ def keras_mirror(model: LowComplexityCNN):
     return mirror
 
 
-def _convert(model: LowComplexityCNN, calibration: np.ndarray | None) -> bytes:
-    """The TFLite flatbuffer: float32 when ``calibration`` is None, otherwise full-integer INT8."""
+def convert_keras(mirror, calibration: np.ndarray | None) -> bytes:
+    """TFLite flatbuffer of a Keras log-mel model (input ``(N, n_mels, n_frames, 1)``): float32 when
+    ``calibration`` is None, otherwise full-integer INT8 (per-channel int8 weights, int8 activations, int8
+    input and output) calibrated on ``calibration`` (N, n_mels, n_frames) real log-mel."""
     tf = _tensorflow()
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_mirror(model))
+    converter = tf.lite.TFLiteConverter.from_keras_model(mirror)
     if calibration is not None:
         def representative_dataset():
             for clip in calibration:
@@ -252,6 +254,11 @@ def _convert(model: LowComplexityCNN, calibration: np.ndarray | None) -> bytes:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _native_output_to(os.devnull):
         warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected" and the like
         return converter.convert()
+
+
+def _convert(model: LowComplexityCNN, calibration: np.ndarray | None) -> bytes:
+    """The TFLite flatbuffer of a network: float32 when ``calibration`` is None, otherwise full-integer INT8."""
+    return convert_keras(keras_mirror(model), calibration)
 
 
 def tflite_ops(path: str | os.PathLike) -> list[dict]:
@@ -311,13 +318,22 @@ def export_tflite_int8(model: LowComplexityCNN, calibration: np.ndarray, path: s
 
     ``calibration``: (N, n_mels, n_frames) float32 real training log-mel; a fixed random subset of at most
     ``max_samples`` clips (chosen with ``seed``) calibrates the activation ranges. Weights are int8 per
-    output channel, activations and the file's input/output int8. The file is written under a temporary
-    name beside ``path``, checked (fixed-range op quantization; TFLM allocates and runs it, and the smallest
-    arena is measured), and only then renamed to ``path``: a failure leaves ``path`` as it was.
-    ``arena_bytes`` is :func:`arena_bytes` of the file.
+    output channel, activations and the file's input/output int8. Written as :func:`export_keras_int8` does.
     """
-    X = _calibration_subset(calibration, model.spec, max_samples, seed)
-    data = _convert(model, X)
+    return export_keras_int8(keras_mirror(model), model.spec, calibration, path, max_samples, seed)
+
+
+def export_keras_int8(mirror, spec, calibration: np.ndarray, path: str | os.PathLike,
+                      max_samples: int = MAX_CALIBRATION_SAMPLES, seed: int = 0) -> dict:
+    """Full-integer INT8 .tflite of any Keras log-mel model (a network's or a fused ensemble's mirror) whose
+    input is ``spec.n_mels`` x ``spec.n_frames``; returns ``{"file_bytes", "arena_bytes"}``.
+
+    The file is written under a temporary name beside ``path``, checked (fixed-range op quantization; TFLM
+    allocates and runs it, and the smallest arena is measured), and only then renamed to ``path``: a failure
+    leaves ``path`` as it was. ``arena_bytes`` is :func:`arena_bytes` of the file.
+    """
+    X = _calibration_subset(calibration, spec, max_samples, seed)
+    data = convert_keras(mirror, X)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
         problems = fixed_qparam_violations(tmp)

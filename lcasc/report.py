@@ -62,6 +62,8 @@ def write(run) -> str:
     parts += _pruning_section(run, res)
     parts += _int8_section(res)
     parts += _ensemble_section(run, res)
+    parts += _similarity_section(run)
+    parts += _fused_section(run, res)
     parts += _baseline_section(run, res)
     parts += _study_section(run)
     text = "\n".join(parts).rstrip() + "\n"
@@ -180,3 +182,56 @@ def _study_section(run) -> list[str]:
             study_table_markdown(summary),
             _figure(run, "study_kernels.png", "accuracy and log-loss against kernel size (Figure 1 analogue)"),
             _figure(run, "study_activations.png", "activation patterns (Figure 2 analogue)")]
+
+
+def _similarity_section(run) -> list[str]:
+    summary = read_json(run.dir / "similarity.json")
+    if not summary:
+        return []
+    out = ["## Feature-map similarity (Figure 5 analogue)", "",
+           f"Mean squared error between corresponding feature maps (same original filter) of two networks, "
+           f"aggregated over {summary['n_clips']:,} validation clips; maps with MSE ≤ {summary['threshold']:g} "
+           f"count as shared.", ""]
+    for layer, res in summary["layers"].items():
+        names = res["names"]
+        rows = []
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                rows.append([a, names[j], res["n_compared"][i][j], res["n_shared"][i][j],
+                             f"{res['mean_mse'][i][j]:.2e}"])
+        out += [f"### {layer}", "", _table(["network A", "network B", "maps compared", "maps shared", "mean MSE"],
+                                           rows), "", _figure(run, f"similarity_mse_{layer}.png",
+                                                              f"pairwise mean MSE of {layer} maps")]
+    a, b = summary.get("figure5_pair", ["?", "?"])
+    out += [f"Figure 5 analogue: MSE per map for {a} and {b}, and two of their maps side by side.", "",
+            _figure(run, "similarity_fig5a.png", "MSE per map"), _figure(run, "similarity_fig5b.png", "example maps")]
+    return out
+
+
+def _fused_section(run, res: dict) -> list[str]:
+    fused = [e for e in res["ensembles"] if e.get("fused")]
+    if not fused:
+        return []
+    f = fused[0]
+    u = f["unfused"]
+    rows = [["unfused ensemble", f"{u['params']:,}", f"{u['macs']:,}", _pct(u["accuracy"]), f"{u['log_loss']:.3f}",
+             "–", "–"]]
+    rows += [[e["name"], f"{e['params']:,}", f"{e['macs']:,}", _pct(e["accuracy"]), f"{e['log_loss']:.3f}",
+              f"{e['file_bytes']:,}" if "file_bytes" in e else "–",
+              f"{e['arena_bytes']:,}" if "arena_bytes" in e else "–"] for e in fused]
+    out = ["## Fused ensemble: shared feature maps computed once", "",
+           f"Members: {', '.join(f['members'])}. A map is computed once for every member whose map of the same "
+           f"original filter has validation MSE ≤ {f['threshold']:g} against it and whose inputs are themselves "
+           f"shared; distinct maps computed per layer: "
+           + ", ".join(f"{layer} {n}" for layer, n in f["distinct_maps"].items())
+           + f". Saved: {f['saved']['params']:,} parameters and {f['saved']['macs']:,} MACs.", "",
+           _table(["system", "params", "MACs", "accuracy %", "log-loss", "INT8 file bytes", "arena bytes"], rows), ""]
+    detail = read_json(run.model_dir(f["name"]) / "fused.json")
+    if detail and detail.get("tradeoff"):
+        out += ["Trade-off over thresholds (test split):", "",
+                _table(["MSE threshold", "params", "MACs", "MACs saved", "accuracy %", "log-loss"],
+                       [["no limit" if r["threshold"] is None else f"{r['threshold']:g}", f"{r['params']:,}",
+                         f"{r['macs']:,}", f"{r['macs_saved']:,}", _pct(r["test"]["accuracy"]),
+                         f"{r['test']['log_loss']:.3f}"] for r in detail["tradeoff"]]), ""]
+    out.append(_figure(run, "fused_tradeoff.png", "MACs saved against accuracy"))
+    return out

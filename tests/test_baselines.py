@@ -170,3 +170,44 @@ def test_vggish_classifier_trains_briefly(tmp_path):
     assert P.shape == (4, 4)
     np.testing.assert_allclose(P.sum(axis=1), 1, atol=1e-6)
     assert [h[0] for h in clf.history_] == [1, 2] and all(np.isfinite(h[2]) for h in clf.history_)
+
+
+def _cnn():
+    from lcasc.models.cnn import CNNClassifier, CNNSpec
+    from lcasc.train import TrainConfig
+
+    return CNNClassifier(CLASSES, spec=CNNSpec(n_classes=4),
+                         train_config=TrainConfig(max_epochs=2, patience=2, batch_size=16, progress=False))
+
+
+def _ensemble():
+    from lcasc.ensemble import EnsembleClassifier
+
+    return EnsembleClassifier([_cnn(), small(GMMClassifier)], ["cnn", "gmm"])
+
+
+EVERY_CLASSIFIER = {
+    "gmm": lambda: small(GMMClassifier), "rf": lambda: small(RandomForestBaseline),
+    "mlp": lambda: small(MLPBaseline), "dlsi": lambda: small(DLSIClassifier),
+    "vggish": lambda: VGGishClassifier(CLASSES, max_epochs=1, batch_size=16), "cnn": _cnn, "ensemble": _ensemble,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_CLASSIFIER))
+def test_every_classifier_shares_one_interface(name, data, tmp_path, monkeypatch):
+    """Evaluation, ensembling and reports call only this: fit(X, y, X_val, y_val) -> self, predict_proba(X)
+    -> (N, n_classes) rows summing to 1, in the order of ``classes``."""
+    from lcasc import metrics
+
+    monkeypatch.chdir(tmp_path)  # where a classifier keeps checkpoints by default
+    (X, y), (Xv, yv), (Xt, yt) = data
+    if name == "vggish":  # about 1 GMAC per clip: a few clips show the interface
+        X, y, Xv, yv, Xt, yt = X[:16], y[:16], Xv[:8], yv[:8], Xt[:8], yt[:8]
+    clf = EVERY_CLASSIFIER[name]()
+    assert isinstance(clf, Classifier) and list(clf.classes) == CLASSES
+    assert clf.fit(X, y, Xv, yv) is clf
+    P = clf.predict_proba(Xt)
+    assert P.shape == (len(Xt), len(CLASSES)) and np.isfinite(P).all() and (P >= 0).all()
+    np.testing.assert_allclose(P.sum(axis=1), 1, atol=1e-5)
+    scores = metrics.scores(P, yt, len(CLASSES))
+    assert scores["accuracy"] == pytest.approx((predict(clf, Xt) == yt).mean())

@@ -150,6 +150,28 @@ def test_run_writes_int8_files_that_tflite_micro_runs(run_dir):
     assert "INT8 (full-integer TFLite" in (run_dir / "report.md").read_text()
 
 
+def test_run_analyses_feature_map_similarity_and_builds_the_fused_ensemble(run_dir):
+    res = results(run_dir)
+    summary = json.loads((run_dir / "similarity.json").read_text())
+    assert set(summary["layers"]) == {"C1", "C2", "C3"}
+    c1 = summary["layers"]["C1"]
+    assert "unpruned" in c1["names"] and "pruned_C123" in c1["names"]
+    assert res["similarity"]["shared_maps"]["C1"] == len(c1["shared"])
+    for name in ("similarity_mse_C1.png", "similarity_fig5a.png", "fused_tradeoff.png"):
+        assert (run_dir / "figures" / name).is_file()
+    ens = {e["name"]: e for e in res["ensembles"]}
+    fused, unfused = ens["ensemble_fused"], ens["ensemble_all"]
+    assert fused["fused"] is True and fused["threshold"] == 1e-4 and fused["members"] == unfused["members"]
+    assert fused["unfused"]["params"] == unfused["params"] and fused["unfused"]["macs"] == unfused["macs"]
+    assert fused["params"] == unfused["params"] - fused["saved"]["params"] <= unfused["params"]
+    assert fused["macs"] == unfused["macs"] - fused["saved"]["macs"] <= unfused["macs"]
+    assert abs(fused["unfused"]["accuracy"] - unfused["accuracy"]) < 1e-6
+    if int8_available():
+        q = ens["ensemble_fused_int8"]
+        assert (run_dir / q["file"]).stat().st_size == q["file_bytes"] and q["arena_bytes"] > 0
+    assert "Fused ensemble" in (run_dir / "report.md").read_text()
+
+
 def test_study_command_adds_the_architecture_study_to_the_report(run_dir):
     out = lcasc_cli("study", "--run", str(run_dir), "--kernels", "1", "3", "--activations", "TRTT", "--repeats",
                     "1", "--max-epochs", "1", "--workers", "2")

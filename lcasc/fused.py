@@ -1,0 +1,524 @@
+"""An ensemble that computes feature maps its members share only once (paper §4, last paragraph of
+"Similarity analysis": "ignoring similar feature maps ... the MACs could be further reduced").
+
+Sharing, layer by layer from the input. Map ``k`` (original filter index, see :mod:`lcasc.similarity`) of
+layer L is computed once for a group of members when
+
+- every member of the group has MSE <= ``threshold`` on map ``k`` against the group's representative
+  (the first member, in member order, that opened the group), measured with
+  :func:`lcasc.similarity.feature_map_mse` on the unfused networks; and
+- the filter's inputs are literally the same tensors for all of them: for C1 the log-mel, for C2/C3 the
+  member's whole previous layer must consist of the same (shared) maps, in the same order. A C2/C3 filter
+  sums over all its member's input channels, so one member-specific input already makes its map different.
+
+A shared map is computed with the representative's weights (conv, bias, BatchNorm) and fed to every member
+of its group; every other map is computed by its own member. Groups are built greedily: a member joins the
+first group of map ``k`` whose representative it matches, or opens a new one. With ``threshold=0`` only
+maps that were exactly equal on the analysis clips are shared (e.g. identical C1 weights); a negative
+threshold shares nothing.
+
+Module layout (one forward pass runs every layer once, so :func:`lcasc.complexity.count` counts shared
+computations once): per layer, "units" = one ``Conv2d`` + ``BatchNorm2d`` per distinct input signature
+holding every distinct filter with that input; their outputs are concatenated into the layer's "pool" of
+distinct maps. A unit or member head picks its input channels from the previous pool with ``index_select``
+(no module, so no MACs: a gather is a copy). P1 and P2 pool the distinct maps once. Each member keeps its
+own fc1/fc2; the output is the mean of the members' softmax probabilities (paper §3).
+
+INT8: :func:`fused_keras_mirror` and :func:`export_fused_tflite_int8` give a full-integer TFLite file for
+TFLite Micro, the same route as :mod:`lcasc.quantize` for single networks (GATHER picks channels,
+CONCATENATION joins units, ADD/MUL average the members' softmaxes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lcasc import complexity, metrics
+from lcasc.models.cnn import ACTIVATIONS, LowComplexityCNN
+from lcasc.similarity import DEFAULT_THRESHOLD, LAYERS, feature_map_mse, layer_width, pair_result
+
+# --------------------------------------------------------------------------------------------------------
+# plan: which maps are shared (plain data)
+
+
+@dataclass
+class _Group:
+    """One distinct map of a layer: original filter ``index`` computed with ``rep``'s weights, used by ``users``."""
+
+    index: int
+    rep: str
+    signature: tuple[int, ...]  # distinct-map ids (previous layer's pool) the filter reads, in order
+    users: list[str] = field(default_factory=list)
+    id: int = -1  # position in the layer's pool
+
+
+def _mse_lookup(mse: Mapping | None, layer: str):
+    """(a, b, k) -> MSE of map k between members a and b (inf when not measured)."""
+    result = None if mse is None else mse.get(layer)
+    cache: dict[tuple[str, str], dict[int, float]] = {}
+
+    def get(a: str, b: str, k: int) -> float:
+        if result is None:
+            return np.inf
+        if (a, b) not in cache:
+            try:
+                p = pair_result(result, a, b)
+                cache[a, b] = {int(i): float(v) for i, v in zip(p["maps"], p["mse"])}
+            except KeyError:
+                cache[a, b] = {}
+        v = cache[a, b].get(int(k), np.inf)
+        return np.inf if v is None or np.isnan(v) else v
+
+    return get
+
+
+def plan_sharing(names: list[str], kept: dict[str, dict[str, list[int]]], mse: Mapping | None,
+                 threshold: float) -> dict[str, list[_Group]]:
+    """Layer -> its distinct maps (:class:`_Group`, ``id`` = position in the pool, units contiguous).
+
+    ``kept[name][layer]``: original indices of the member's channels; ``mse[layer]``: a
+    :func:`lcasc.similarity.feature_map_mse` result (or the same structure) naming the members.
+    """
+    plan: dict[str, list[_Group]] = {}
+    prev = {n: (0,) for n in names}  # C1 reads the single log-mel channel
+    for layer in LAYERS:
+        get = _mse_lookup(mse, layer)
+        groups: list[_Group] = []
+        for k in sorted({i for n in names for i in kept[n][layer]}):
+            open_k: list[_Group] = []
+            for n in names:
+                if k not in kept[n][layer]:
+                    continue
+                sig = tuple(prev[n])
+                home = next((g for g in open_k if g.signature == sig and get(g.rep, n, k) <= threshold), None)
+                if home is None:
+                    home = _Group(index=k, rep=n, signature=sig)
+                    open_k.append(home)
+                    groups.append(home)
+                home.users.append(n)
+        # units: one conv per input signature (order of first appearance); ids contiguous per unit
+        by_sig: dict[tuple[int, ...], list[_Group]] = {}
+        for g in groups:
+            by_sig.setdefault(g.signature, []).append(g)
+        ordered = [g for unit in by_sig.values() for g in unit]
+        for i, g in enumerate(ordered):
+            g.id = i
+        plan[layer] = ordered
+        where = {(n, g.index): g.id for g in ordered for n in g.users}
+        prev = {n: tuple(where[n, k] for k in kept[n][layer]) for n in names}
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------------
+# the module
+
+
+class _Unit(nn.Module):
+    """Distinct filters of one layer that read the same input channels: conv + BN (``inputs``: pool ids)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, inputs: list[int], identity: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.register_buffer("inputs", torch.tensor(inputs, dtype=torch.long), persistent=False)
+        self.identity = identity  # reads the whole previous pool in order: no gather needed
+
+    def forward(self, pool: torch.Tensor) -> torch.Tensor:
+        x = pool if self.identity else pool.index_select(1, self.inputs)
+        return self.bn(self.conv(x))
+
+
+class _Head(nn.Module):
+    """A member's dense layers on its C3 maps (``channels``: ids in the pooled C3 pool, in its order)."""
+
+    def __init__(self, member: LowComplexityCNN, channels: list[int], identity: bool):
+        super().__init__()
+        self.fc1 = nn.Linear(member.fc1.in_features, member.fc1.out_features)
+        self.act = ACTIVATIONS[member.spec.activations[3]]()
+        self.fc2 = nn.Linear(member.fc2.in_features, member.fc2.out_features)
+        self.fc1.load_state_dict(member.fc1.state_dict())
+        self.fc2.load_state_dict(member.fc2.state_dict())
+        self.register_buffer("channels", torch.tensor(channels, dtype=torch.long), persistent=False)
+        self.identity = identity
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = pooled if self.identity else pooled.index_select(1, self.channels)
+        return self.fc2(self.act(self.fc1(torch.flatten(x, 1))))  # channel-major flatten, as the member's
+
+
+def _check_compatible(members: list[LowComplexityCNN]) -> None:
+    base = replace(members[0].spec, c1=1, c2=1, c3=1, dense=1)
+    for m in members[1:]:
+        if replace(m.spec, c1=1, c2=1, c3=1, dense=1) != base:
+            raise ValueError(f"members must differ only in widths: {m.spec} vs {members[0].spec}")
+
+
+class FusedEnsemble(nn.Module):
+    """Members of one ensemble with shared feature maps computed once (see the module docstring).
+
+    ``members``: LowComplexityCNN of the same spec except widths (not modified; weights are copied).
+    ``kept``: per member, layer -> original filter index of each channel (default ``range(width)``).
+    ``mse``: layer -> :func:`lcasc.similarity.feature_map_mse` result over these members (keyed by
+    ``names``); ``None`` or a missing layer/pair shares nothing there. ``names`` default ``"0"``, ``"1"``...
+
+    forward: (N, 1, n_mels, n_frames) or (N, n_mels, n_frames) log-mel -> (N, n_classes) mean of the
+    members' softmax probabilities. Always in eval mode (BatchNorm uses its running statistics).
+    """
+
+    def __init__(self, members: Sequence[LowComplexityCNN], kept: Sequence[Mapping[str, Sequence[int]] | None] | None,
+                 mse: Mapping | None, threshold: float = DEFAULT_THRESHOLD, names: Sequence[str] | None = None):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise ValueError("a fused ensemble needs at least one member")
+        _check_compatible(members)
+        self.names = [str(n) for n in names] if names is not None else [str(i) for i in range(len(members))]
+        if len(self.names) != len(members) or len(set(self.names)) != len(self.names):
+            raise ValueError("names must be distinct, one per member")
+        kept = list(kept) if kept is not None else [None] * len(members)
+        if len(kept) != len(members):
+            raise ValueError("kept needs one entry per member")
+        self.kept = {}
+        for n, m, k in zip(self.names, members, kept):
+            self.kept[n] = {}
+            for layer in LAYERS:
+                idx = [int(i) for i in (k or {}).get(layer, range(layer_width(m.spec, layer)))]
+                if len(idx) != layer_width(m.spec, layer) or len(set(idx)) != len(idx):
+                    raise ValueError(f"member {n}, {layer}: kept must list {layer_width(m.spec, layer)} "
+                                     f"distinct original indices, got {idx}")
+                self.kept[n][layer] = idx
+        self.spec = members[0].spec
+        self.threshold = float(threshold)
+        self.plan = plan_sharing(self.names, self.kept, mse, self.threshold)
+        by_name = dict(zip(self.names, members))
+
+        spec, k = self.spec, self.spec.kernel_size
+        self.units = nn.ModuleDict()
+        self.acts = nn.ModuleDict({layer: ACTIVATIONS[a]() for layer, a in zip(LAYERS, spec.activations)})
+        prev_width = 1
+        with torch.no_grad():
+            for layer_i, layer in enumerate(LAYERS):
+                units = nn.ModuleList()
+                groups = self.plan[layer]
+                start = 0
+                while start < len(groups):  # contiguous runs of one signature
+                    sig = groups[start].signature
+                    stop = start
+                    while stop < len(groups) and groups[stop].signature == sig:
+                        stop += 1
+                    run = groups[start:stop]
+                    unit = _Unit(len(sig), len(run), k, list(sig), list(sig) == list(range(prev_width)))
+                    for j, g in enumerate(run):
+                        rep = by_name[g.rep]
+                        _, conv, bn = rep.conv_blocks()[layer_i]
+                        pos = self.kept[g.rep][layer].index(g.index)
+                        unit.conv.weight[j].copy_(conv.weight[pos])
+                        unit.conv.bias[j].copy_(conv.bias[pos])
+                        for attr in ("weight", "bias", "running_mean", "running_var"):
+                            getattr(unit.bn, attr)[j].copy_(getattr(bn, attr)[pos])
+                        if abs(bn.eps - unit.bn.eps) > 1e-12:
+                            raise ValueError("members must use BatchNorm eps 1e-5")
+                    units.append(unit)
+                    start = stop
+                self.units[layer] = units
+                prev_width = len(groups)
+        self.pool1 = nn.AvgPool2d(spec.pool1)
+        self.pool2 = nn.AvgPool2d(spec.pool2)
+        where = {(n, g.index): g.id for g in self.plan["C3"] for n in g.users}
+        n3 = len(self.plan["C3"])
+        self.heads = nn.ModuleList()
+        for n in self.names:
+            channels = [where[n, i] for i in self.kept[n]["C3"]]
+            self.heads.append(_Head(by_name[n], channels, channels == list(range(n3))))
+        self.eval()
+
+    def train(self, mode: bool = True) -> FusedEnsemble:
+        """Always evaluation mode: a fused ensemble is built from trained members and is not trained."""
+        return super().train(False)
+
+    def member_channels(self, layer: str) -> dict[str, list[int]]:
+        """Member -> the pool ids (distinct maps of ``layer``) that stand for its channels, in its order."""
+        where = {(n, g.index): g.id for g in self.plan[layer] for n in g.users}
+        return {n: [where[n, i] for i in self.kept[n][layer]] for n in self.names}
+
+    def sharing(self) -> dict:
+        """Per layer: ``member_maps`` (sum of the members' widths), ``distinct_maps`` (computed here),
+        ``shared`` ([[original index, representative, [users]]] for maps used by more than one member)."""
+        out = {}
+        for layer in LAYERS:
+            groups = self.plan[layer]
+            out[layer] = {"member_maps": sum(len(g.users) for g in groups), "distinct_maps": len(groups),
+                          "shared": [[g.index, g.rep, list(g.users)] for g in groups if len(g.users) > 1]}
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, n_mels, n_frames) or (N, n_mels, n_frames) -> (N, n_classes) mean member probabilities."""
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        pool = x
+        for layer in LAYERS:
+            if layer == "C3":
+                pool = self.pool1(pool)
+            outs = [unit(pool) for unit in self.units[layer]]
+            # activations are elementwise: one call on the joined pool equals one per unit
+            pool = self.acts[layer](outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
+        pooled = self.pool2(pool)
+        probs = [torch.softmax(head(pooled), dim=1) for head in self.heads]
+        return torch.stack(probs).mean(dim=0)
+
+    def predict_proba(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """(N, n_mels, n_frames) float32 -> (N, n_classes) float32 probabilities, batched, no gradients."""
+        X = np.asarray(X, dtype=np.float32)
+        out = []
+        device = next(self.parameters()).device
+        with torch.inference_mode():
+            for start in range(0, len(X), batch_size):
+                out.append(self(torch.from_numpy(np.ascontiguousarray(X[start:start + batch_size])).to(device)).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.spec.n_classes), np.float32)
+
+
+def _as_lists(members, kept) -> tuple[list[str], list[LowComplexityCNN], list]:
+    if isinstance(members, Mapping):
+        names = [str(n) for n in members]
+        nets = list(members.values())
+        kept_list = [(kept or {}).get(n) for n in members] if isinstance(kept, Mapping) or kept is None else list(kept)
+    else:
+        nets = list(members)
+        names = [str(i) for i in range(len(nets))]
+        kept_list = list(kept) if kept is not None else [None] * len(nets)
+    return names, nets, kept_list
+
+
+def build_fused(members: Mapping[str, LowComplexityCNN] | Sequence[LowComplexityCNN],
+                kept: Mapping[str, Mapping[str, Sequence[int]]] | Sequence | None, mse: Mapping | None,
+                threshold: float = DEFAULT_THRESHOLD) -> FusedEnsemble:
+    """:class:`FusedEnsemble` from ``{name: net}`` (names as in ``mse``) or a list (names ``"0"``, ``"1"``...),
+    ``kept`` as ``{name: {layer: [original indices]}}`` or a list in member order (None: unpruned)."""
+    names, nets, kept_list = _as_lists(members, kept)
+    return FusedEnsemble(nets, kept_list, mse, threshold, names)
+
+
+def fused_complexity(fused: FusedEnsemble) -> complexity.Complexity:
+    """Params (Keras convention, BN running statistics included) and MACs (METHOD-NOTES §4) of the fused
+    ensemble for one clip, each shared map counted once; ``size_bytes`` as :func:`lcasc.complexity.count`."""
+    return complexity.count(fused, (1, 1, fused.spec.n_mels, fused.spec.n_frames))
+
+
+def unfused_complexity(members: Sequence[LowComplexityCNN]) -> complexity.Complexity:
+    """The ordinary ensemble: every member counted in full, summed."""
+    return complexity.total([complexity.count(m, (1, 1, m.spec.n_mels, m.spec.n_frames)) for m in members])
+
+
+def ensemble_proba(members: Sequence[LowComplexityCNN], X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """The unfused ensemble (EnsembleClassifier): mean over members of softmax probabilities, (N, C) float64."""
+    from lcasc.train import predict_logits
+
+    return np.mean([torch.softmax(torch.from_numpy(predict_logits(m, X, batch_size)).double(), dim=1).numpy()
+                    for m in members], axis=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# trade-off: threshold -> MACs saved vs accuracy
+
+
+def tradeoff(members: Mapping[str, LowComplexityCNN], kept: Mapping | None, mse: Mapping,
+             thresholds: Sequence[float], data: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+    """For each threshold: the fused ensemble's cost and scores on each named split.
+
+    ``data``: split name -> (X (N, n_mels, n_frames), y (N,) int). Returns a list of
+    ``{"threshold", "params", "macs", "params_saved", "macs_saved", "distinct_maps": {layer: n},
+    <split>: metrics.scores(...)}`` (saved = unfused minus fused; an infinite threshold, "share whatever
+    has shared inputs", is reported as ``None`` so that the rows stay valid JSON).
+    """
+    names, nets, _ = _as_lists(members, kept)
+    base = unfused_complexity(nets)
+    n_classes = nets[0].spec.n_classes
+    rows = []
+    for t in thresholds:
+        fused = build_fused(members, kept, mse, t)
+        cost = fused_complexity(fused)
+        row = {"threshold": _json_threshold(t), "params": cost.params, "macs": cost.macs,
+               "params_saved": base.params - cost.params, "macs_saved": base.macs - cost.macs,
+               "distinct_maps": {layer: s["distinct_maps"] for layer, s in fused.sharing().items()}}
+        for split, (X, y) in data.items():
+            row[split] = metrics.scores(fused.predict_proba(X), y, n_classes)
+        rows.append(row)
+    return rows
+
+
+def _json_threshold(t: float) -> float | None:
+    return float(t) if np.isfinite(t) else None
+
+
+def plot_tradeoff(rows: list[dict], path: str | Path, split: str = "test", unfused: dict | None = None) -> None:
+    """MACs saved (M) against accuracy (%) on ``split``, one point per threshold, log-loss on a second axis."""
+    from lcasc.plots import _save, plt
+
+    saved = [r["macs_saved"] / 1e6 for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(saved, [100 * r[split]["accuracy"] for r in rows], "o-", color="C0", label="accuracy")
+    labels: dict[tuple[float, float], list[str]] = {}  # thresholds that give the same point share one label
+    for r, s in zip(rows, saved):
+        labels.setdefault((s, 100 * r[split]["accuracy"]), []).append(
+            "all" if r["threshold"] is None else f"{r['threshold']:g}")
+    for i, ((s, acc), texts) in enumerate(labels.items()):  # staggered: nearby thresholds save similar MACs
+        ax.annotate(", ".join(texts), (s, acc), fontsize=7, xytext=(3, -12 - 10 * (i % 3)), textcoords="offset points")
+    ax.margins(x=0.08, y=0.2)
+    if unfused is not None:
+        ax.axhline(100 * unfused["accuracy"], color="C0", ls=":", lw=1, label="unfused ensemble")
+    ax.set_xlabel("MACs saved per second of audio (M)")
+    ax.set_ylabel(f"{split} accuracy (%)")
+    ax2 = ax.twinx()
+    ax2.plot(saved, [r[split]["log_loss"] for r in rows], "s--", color="C1", label="log-loss")
+    ax2.set_ylabel(f"{split} log-loss")
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="best")
+    ax.set_title("fused ensemble: MACs saved vs accuracy (labels: MSE threshold)", fontsize=9)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def fuse_and_evaluate(nets: dict[str, LowComplexityCNN], kept: dict[str, dict[str, list[int]]],
+                      X_calib_for_mse: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, X_val: np.ndarray,
+                      y_val: np.ndarray, thresholds: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2),
+                      threshold: float = DEFAULT_THRESHOLD, figure_dir: Path | None = None,
+                      mse: Mapping | None = None, batch_size: int = 512) -> dict:
+    """Fuse ``nets`` at ``threshold`` and compare with the ordinary ensemble; sweep ``thresholds``.
+
+    MSE per map is measured on ``X_calib_for_mse`` (N, n_mels, n_frames; e.g.
+    ``similarity.select_clips(validation)``) for C1, C2 and C3, unless ``mse`` (layer -> feature_map_mse
+    result) is given. ``figure_dir``: writes ``fused_tradeoff.png`` there when given.
+
+    Returns ``{"threshold", "unfused": {...}, "fused": {...}, "saved": {"params", "macs"}, "tradeoff": [...],
+    "figures": [...], "module": FusedEnsemble}``. ``unfused``/``fused``: ``params``, ``macs``, ``test`` and
+    ``validate`` (:func:`lcasc.metrics.scores`); ``fused`` also ``sharing`` (per layer member maps, distinct
+    maps, shared maps). ``tradeoff``: :func:`tradeoff` rows on test and validation. Everything but
+    ``module`` is JSON-serialisable.
+    """
+    names = list(nets)
+    members = [nets[n] for n in names]
+    if mse is None:
+        mse = {layer: feature_map_mse(nets, X_calib_for_mse, layer, batch_size,
+                                      {n: kept.get(n, {}).get(layer) for n in names}, threshold)
+               for layer in LAYERS}
+    n_classes = members[0].spec.n_classes
+    base = unfused_complexity(members)
+    unfused = {"params": base.params, "macs": base.macs,
+               "test": metrics.scores(ensemble_proba(members, X_test), y_test, n_classes),
+               "validate": metrics.scores(ensemble_proba(members, X_val), y_val, n_classes)}
+    fused = build_fused(nets, kept, mse, threshold)
+    cost = fused_complexity(fused)
+    fused_entry = {"params": cost.params, "macs": cost.macs,
+                   "test": metrics.scores(fused.predict_proba(X_test), y_test, n_classes),
+                   "validate": metrics.scores(fused.predict_proba(X_val), y_val, n_classes),
+                   "sharing": fused.sharing()}
+    rows = tradeoff(nets, kept, mse, thresholds, {"test": (X_test, y_test), "validate": (X_val, y_val)})
+    figures = []
+    if figure_dir is not None:
+        plot_tradeoff(rows, Path(figure_dir) / "fused_tradeoff.png", "test", unfused["test"])
+        figures.append("fused_tradeoff.png")
+    return {"threshold": _json_threshold(threshold), "members": names, "unfused": unfused, "fused": fused_entry,
+            "saved": {"params": base.params - cost.params, "macs": base.macs - cost.macs},
+            "tradeoff": rows, "figures": figures, "module": fused}
+
+
+# --------------------------------------------------------------------------------------------------------
+# INT8 export (Keras mirror -> full-integer TFLite for TFLite Micro)
+
+
+def fused_keras_mirror(fused: FusedEnsemble):
+    """A float Keras model computing what ``fused(x)`` computes, NHWC: input ``(N, n_mels, n_frames, 1)``,
+    output ``(N, n_classes)`` mean probabilities.
+
+    Same conventions as :func:`lcasc.quantize.keras_mirror` (kernels ``(out, in, kh, kw) -> (kh, kw, in,
+    out)``, BatchNorm with eps 1e-5 folded by the converter, fc1 columns reordered for the channel-last
+    flatten). Each unit is Conv2D + BN; units are joined with Concatenate (the converter gives the convs the
+    joined tensor's scale, so no requantization); channels are picked with ``keras.ops.take`` (TFLite GATHER,
+    a copy that keeps the quantization) where a unit or head does not read the whole pool in order. ReLU
+    stays per unit (fused into the conv); TANH comes once after the join, so a single TANH output carries the
+    fixed 1/128 quantization TFLM needs (per-unit TANHs before a join would need requantizing QUANTIZE ops).
+    The members' softmaxes are averaged with ``Average`` (ADD, MUL).
+    """
+    from lcasc.quantize import _tensorflow
+
+    tf = _tensorflow()
+    keras = tf.keras
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"the Keras mirror needs the TensorFlow backend, KERAS_BACKEND is {keras.backend.backend()}")
+    spec = fused.spec
+    act_names = {"T": "tanh", "R": "relu"}
+    h, w = LowComplexityCNN.pooled_shape(spec)
+
+    def take(x, idx: torch.Tensor, name: str):
+        idx = [int(i) for i in idx]
+        return keras.layers.Lambda(lambda t: keras.ops.take(t, np.array(idx, np.int32), axis=-1),
+                                   output_shape=tuple(x.shape[1:-1]) + (len(idx),), name=name)(x)
+
+    pool = inputs = keras.Input((spec.n_mels, spec.n_frames, 1), name="logmel")
+    weights = []  # (layer name, weights) set after the model is built
+    for layer_i, layer in enumerate(LAYERS):
+        if layer == "C3":
+            pool = keras.layers.AveragePooling2D(spec.pool1, name="pool1")(pool)
+        outs = []
+        tanh = spec.activations[layer_i] == "T"
+        for u, unit in enumerate(fused.units[layer]):
+            x = pool if unit.identity else take(pool, unit.inputs, f"{layer}_u{u}_gather")
+            x = keras.layers.Conv2D(unit.conv.out_channels, spec.kernel_size, padding="same",
+                                    name=f"{layer}_u{u}_conv")(x)
+            x = keras.layers.BatchNormalization(epsilon=1e-5, name=f"{layer}_u{u}_bn")(x)
+            if not tanh:
+                x = keras.layers.Activation(act_names[spec.activations[layer_i]], name=f"{layer}_u{u}_act")(x)
+            outs.append(x)
+            weights.append((f"{layer}_u{u}_conv", [_np(unit.conv.weight).transpose(2, 3, 1, 0), _np(unit.conv.bias)]))
+            weights.append((f"{layer}_u{u}_bn", [_np(unit.bn.weight), _np(unit.bn.bias), _np(unit.bn.running_mean),
+                                                 _np(unit.bn.running_var)]))
+        pool = outs[0] if len(outs) == 1 else keras.layers.Concatenate(axis=-1, name=f"{layer}_join")(outs)
+        if tanh:
+            pool = keras.layers.Activation("tanh", name=f"{layer}_act")(pool)
+    pooled = keras.layers.AveragePooling2D(spec.pool2, name="pool2")(pool)
+    probs = []
+    for m, head in enumerate(fused.heads):
+        c3 = len(head.channels)
+        flat = h * w * c3
+        x = pooled if head.identity else take(pooled, head.channels, f"m{m}_gather")
+        x = keras.layers.Lambda(lambda t, flat=flat: keras.ops.reshape(t, (-1, flat)), output_shape=(flat,),
+                                name=f"m{m}_flatten")(x)
+        x = keras.layers.Dense(head.fc1.out_features, activation=act_names[spec.activations[3]], name=f"m{m}_fc1")(x)
+        x = keras.layers.Dense(head.fc2.out_features, name=f"m{m}_fc2")(x)
+        probs.append(keras.layers.Softmax(name=f"m{m}_softmax")(x))
+        w1 = _np(head.fc1.weight).reshape(head.fc1.out_features, c3, h, w)  # channel-major columns
+        weights.append((f"m{m}_fc1", [w1.transpose(2, 3, 1, 0).reshape(flat, head.fc1.out_features),
+                                      _np(head.fc1.bias)]))
+        weights.append((f"m{m}_fc2", [_np(head.fc2.weight).T, _np(head.fc2.bias)]))
+    outputs = probs[0] if len(probs) == 1 else keras.layers.Average(name="mean_probabilities")(probs)
+    mirror = keras.Model(inputs, outputs, name=f"lcasc_fused_{len(probs)}")
+    for layer_name, values in weights:
+        mirror.get_layer(layer_name).set_weights(values)
+    return mirror
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+def export_fused_tflite_int8(fused: FusedEnsemble, calibration: np.ndarray, path: str | os.PathLike,
+                             max_samples: int = 500, seed: int = 0) -> dict:
+    """Write a full-integer INT8 .tflite file of ``fused`` for TFLite Micro; returns ``{"file_bytes",
+    "arena_bytes"}``.
+
+    Same contract as :func:`lcasc.quantize.export_tflite_int8`: calibrated on a fixed random subset (at most
+    ``max_samples``, chosen with ``seed``) of ``calibration`` (N, n_mels, n_frames) real training log-mel;
+    written under a temporary name, refused if a TANH/SOFTMAX output lacks the quantization TFLM assumes,
+    checked to allocate and run in TFLM (smallest arena measured), then renamed to ``path``. Run it with
+    :class:`lcasc.quantize.TFLiteMicroClassifier`.
+    """
+    from lcasc.quantize import export_keras_int8
+
+    return export_keras_int8(fused_keras_mirror(fused), fused.spec, calibration, path, max_samples, seed)
