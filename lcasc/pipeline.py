@@ -501,15 +501,21 @@ def stage_ensemble(run: Run, members: list[str] | None = None, budget_params: in
         group = [m for m in group if nets[m]["precision"] == precision]
         if len(group) < 2:
             continue
-        short = {m: nets[m].get("pruned_layers", m) for m in group}
+        short = {m: nets[m].get("pruned_layers", m).removesuffix("_int8") for m in group}
+        # The default family is paper Table 3 (all / without_X); other member sets are named by their members,
+        # so that they never replace the default entries.
+        prefix = "ensemble" if not members else "ensemble_" + "_".join(short[m] for m in group)
         for subset in paper_table3_subsets(group):
             left_out = [short[m] for m in group if m not in subset]
             label = f"without_{left_out[0]}" if left_out else "all"
-            entries.append(record(f"ensemble_{label}{suffix}", subset, {"table": "paper_table3"}))
+            entries.append(record(f"{prefix}_{label}{suffix}", subset,
+                                  {"table": "paper_table3" if not members else "members"}))
         candidates = {m: member_probs(m)[1] for m in nets if nets[m]["precision"] == precision}
         best = best_subset(candidates, va.y, {m: _cost(nets[m]) for m in candidates}, budget_params, budget_macs)
         if best is not None:
-            entry = record(f"ensemble_best_budget{suffix}", best[0],
+            default_budget = (budget_params, budget_macs) == (complexity.DCASE_MAX_PARAMS, complexity.DCASE_MAX_MACS)
+            name = "ensemble_best_budget" + ("" if default_budget else f"_{budget_params}p_{budget_macs}macs")
+            entry = record(f"{name}{suffix}", best[0],
                            {"table": "budget", "budget": {"params": budget_params, "macs": budget_macs}})
             entries.append(entry)
     if entries:
