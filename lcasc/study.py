@@ -90,18 +90,15 @@ class Job:
 # -- the job (runs in a worker process or a Ray task) -----------------------------------------------------
 @contextlib.contextmanager
 def _one_thread():
-    """torch on one thread for the whole job. ``lcasc.train.fit`` sets the thread count to all cores, so
-    ``torch.set_num_threads`` is held at 1 while the job runs (jobs own their worker process)."""
+    """torch on one thread for the whole job (training and evaluation), restored afterwards."""
     import torch
 
-    original, before = torch.set_num_threads, torch.get_num_threads()
-    original(1)
-    torch.set_num_threads = lambda _n: original(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads = original
-        original(before)
+        torch.set_num_threads(before)
 
 
 def _weights_digest(net) -> str:
@@ -122,7 +119,7 @@ def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test) -> dict:
 
     t0 = time.perf_counter()
     spec = CNNSpec.from_dict(job.spec)
-    config = TrainConfig(**job.train, progress=False)
+    config = TrainConfig(**job.train, progress=False, threads=1)
     with _one_thread(), warnings.catch_warnings():
         # Features arrive read-only (memory-mapped .npy or Ray's object store); nothing writes to them.
         warnings.filterwarnings("ignore", ".*not writable.*")
@@ -151,6 +148,9 @@ _DATA: tuple | None = None  # the six feature arrays of a pool worker
 
 def _init_worker(folder: str) -> None:
     global _DATA
+    from lcasc.workers import exit_with_parent
+
+    exit_with_parent()  # a killed study must not leave trainings running behind it
     _DATA = tuple(np.load(Path(folder) / f"{name}.npy", mmap_mode="r") for name in _array_names())
 
 

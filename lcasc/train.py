@@ -47,6 +47,7 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     progress: bool = True
+    threads: int | None = None  # CPU threads; None: every core (fine-tuning jobs use one each, side by side)
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -165,7 +166,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     if len(X) == 0 or len(X_val) == 0:
         raise ValueError(f"cannot train with {len(X)} training and {len(X_val)} validation segments")
     L.seed_everything(config.seed, workers=True, verbose=False)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
     module = Classification(net.train(), config.lr)
     best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_log_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
