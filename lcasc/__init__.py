@@ -7,8 +7,11 @@ similarity-based filter pruning -> INT8 -> ensembles, with parameters, MACs and 
 __version__ = "0.1.0"
 
 
-def load(run_dir, model=None, ensemble=None):
-    """A predictor for a run directory: ``lcasc.load("runs/default").predict("clip.wav")``."""
+def load(run_dir, model=None, ensemble=None, backend="auto"):
+    """A predictor for a run directory: ``lcasc.load("runs/default").predict("clip.wav")``.
+
+    ``backend``: ``"auto"`` (ONNX Runtime when the run has the network's ONNX file, else PyTorch), ``"torch"``,
+    ``"onnx"`` or ``"tflite"`` (the INT8 file in TensorFlow Lite Micro)."""
     from lcasc.predict import load as _load
 
-    return _load(run_dir, model, ensemble)
+    return _load(run_dir, model, ensemble, backend)

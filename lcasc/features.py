@@ -3,8 +3,8 @@
 One 1-second segment at 44.1 kHz -> a (40, 51) float32 matrix: periodic Hamming window of 1764 samples
 (40 ms) inside a 2048-point FFT, hop 882 (20 ms), centred frames with reflect padding, magnitude
 spectrogram, 40 Slaney mel bands 0-22,050 Hz (librosa's filterbank), natural log with eps = 2.2e-16.
-The STFT runs in float64 on many segments per call: float32 misses librosa by up to 1.4e-4 in
-near-silent bands, float64 matches it to 1e-12.
+The STFT runs in float64 (float32 misses librosa by up to 1.4e-4 in near-silent bands, float64 matches it
+to 1e-12), in small blocks of segments on all CPUs: pocketfft on pre-padded frames, a sparse mel product.
 
 Caching: the files are processed in chunks; each chunk is stored under a hash of the feature parameters
 and its files' names, sizes and modification times. Changing a parameter or a file recomputes only what it
@@ -14,16 +14,20 @@ touches; a killed extraction resumes at the first chunk not yet written.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 import scipy.signal
-import torch
+import scipy.sparse
+from numpy.lib.stride_tricks import sliding_window_view
 from tqdm.auto import tqdm
 
 from lcasc import audio
@@ -56,30 +60,128 @@ class FeatureParams:
         return json.dumps({**asdict(self), "version": FORMAT_VERSION}, sort_keys=True)
 
 
-_FILTERBANKS: dict[FeatureParams, tuple[torch.Tensor, torch.Tensor]] = {}
+_FILTERS: dict[FeatureParams, tuple[np.ndarray, scipy.sparse.csr_matrix]] = {}
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # worker count -> pool, kept for the life of the process
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: make new pools there
+    os.register_at_fork(after_in_child=_POOLS.clear)
 
 
-def _window_and_mel(params: FeatureParams) -> tuple[torch.Tensor, torch.Tensor]:
-    if params not in _FILTERBANKS:
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's total, where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _filters(params: FeatureParams) -> tuple[np.ndarray, scipy.sparse.csr_matrix]:
+    """(win_length,) float64 analysis window and the (n_mels, 1 + n_fft // 2) Slaney mel filterbank, sparse:
+    each FFT bin falls in at most two triangles, so a sparse product does ~2 instead of 40 MACs per bin."""
+    if params not in _FILTERS:
         import librosa  # only for its Slaney filterbank; imported lazily (slow import)
 
-        window = scipy.signal.get_window(params.window, params.win_length, fftbins=True)
+        window = scipy.signal.get_window(params.window, params.win_length, fftbins=True).astype(np.float64)
         mel = librosa.filters.mel(sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels,
                                   fmin=params.fmin, fmax=params.fmax)
-        _FILTERBANKS[params] = (torch.from_numpy(window), torch.from_numpy(mel.astype(np.float64)))
-    return _FILTERBANKS[params]
+        _FILTERS[params] = (window, scipy.sparse.csr_matrix(mel.astype(np.float64)))
+    return _FILTERS[params]
 
 
-def logmel(segments: np.ndarray, params: FeatureParams = FeatureParams(), batch: int = 128) -> np.ndarray:
-    """(n, 44100) float waveforms -> (n, 40, 51) float32 log-mel, many segments per STFT call."""
+_LOCAL = threading.local()
+
+
+def _rfft_takes_out() -> bool:
+    """numpy >= 2 writes FFT output into a given array (same pocketfft algorithm as scipy.fft, same numbers)."""
+    try:
+        return "out" in inspect.signature(np.fft.rfft).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_FFT_OUT = _rfft_takes_out()
+
+
+def _workspace(b: int, n_samples: int, n_frames: int, params: FeatureParams) -> dict[str, np.ndarray]:
+    """Per-thread float64 buffers for a block of ``b`` segments, reused from call to call.
+
+    Why: a fresh multi-MB array per step costs more than the step itself here, because glibc hands large
+    blocks back to the kernel when they are freed and the next block page-faults them in again (measured:
+    ~500 minor faults and ~1 ms per second of audio, more than the FFT). ``frames`` is zero beyond
+    ``win_length`` and is never written there.
+    """
+    key = (n_samples, n_frames, params.n_fft, params.win_length)
+    ws = getattr(_LOCAL, "workspace", None)
+    if ws is None or ws["key"] != key or len(ws["padded"]) < b:
+        bins = params.n_fft // 2 + 1
+        ws = _LOCAL.workspace = {
+            "key": key,
+            "padded": np.empty((b, n_samples + 2 * (params.n_fft // 2))),
+            "frames": np.zeros((b, n_frames, params.n_fft)),
+            "spectrum": np.empty((b, n_frames, bins), np.complex128),
+            "magnitude": np.empty((b, n_frames, bins)),
+        }
+    return {k: v if k == "key" else v[:b] for k, v in ws.items()}  # a smaller (last) block uses the front
+
+
+def _logmel_block(segments: np.ndarray, params: FeatureParams, out: np.ndarray) -> None:
+    """(b, L) waveforms -> ``out`` (b, n_mels, 1 + L // hop) float32; float64 throughout.
+
+    Equal to ``torch.stft``/librosa with ``center=True``, reflect padding and the window centred in
+    ``n_fft``: each frame's ``win_length`` windowed samples go to the *start* of a zero ``n_fft`` buffer
+    instead of its middle, a circular shift that changes the phase of every bin but not its magnitude.
+    That lets one contiguous buffer feed pocketfft, which is ~5x faster on a pre-padded buffer than with
+    its own ``n=`` padding and ~4x faster than ``torch.stft`` here.
+    """
+    window, mel = _filters(params)
+    b, n = segments.shape
+    half = params.n_fft // 2
+    n_frames = 1 + n // params.hop_length
+    ws = _workspace(b, n, n_frames, params)
+    padded = ws["padded"]
+    # + EPS as the DCASE baseline (no log(0) on digital silence), in float64; then reflect padding by hand
+    # (what np.pad(mode="reflect") does, without allocating).
+    if n > half + 1:
+        np.add(segments, EPS, out=padded[:, half:half + n], dtype=np.float64)
+        padded[:, :half] = padded[:, 2 * half:half:-1]
+        padded[:, half + n:] = padded[:, half + n - 2:n - 2:-1]
+    else:  # shorter than half a frame: reflections of reflections, as np.pad does them
+        padded[:] = np.pad(np.asarray(segments, np.float64) + EPS, ((0, 0), (half, half)), mode="reflect")
+    offset = (params.n_fft - params.win_length) // 2  # where librosa puts the window inside n_fft
+    frames = sliding_window_view(padded, params.win_length, axis=1)[:, offset::params.hop_length][:, :n_frames]
+    np.multiply(frames, window, out=ws["frames"][..., :params.win_length])
+    if _FFT_OUT:
+        spectrum = np.fft.rfft(ws["frames"], axis=-1, out=ws["spectrum"])
+    else:
+        spectrum = scipy.fft.rfft(ws["frames"], axis=-1)
+    magnitude = np.abs(spectrum, out=ws["magnitude"])  # (b, frames, bins)
+    energy = mel @ magnitude.reshape(-1, magnitude.shape[-1]).T  # (n_mels, b * frames); sparse, deterministic
+    out[:] = np.log(energy.reshape(params.n_mels, b, n_frames).transpose(1, 0, 2) + EPS)
+
+
+def logmel(segments: np.ndarray, params: FeatureParams = FeatureParams(), batch: int = 4,
+           workers: int | None = None) -> np.ndarray:
+    """(n, 44100) float waveforms -> (n, 40, 51) float32 log-mel.
+
+    Blocks of ``batch`` segments run on ``workers`` threads (default: the CPUs available; numpy and
+    pocketfft release the GIL). Small blocks keep a block's buffers (~0.8 MB per segment) in cache. Every
+    segment's features are computed on their own, so they do not depend on ``batch`` or ``workers``.
+    """
     segments = np.atleast_2d(np.asarray(segments))
-    window, mel = _window_and_mel(params)
-    out = np.empty((len(segments), params.n_mels, params.n_frames), dtype=np.float32)
-    for start in range(0, len(segments), batch):
-        x = torch.from_numpy(np.asarray(segments[start:start + batch], dtype=np.float64)) + EPS
-        spec = torch.stft(x, params.n_fft, params.hop_length, params.win_length, window, center=True,
-                          pad_mode="reflect", return_complex=True).abs()
-        out[start:start + batch] = torch.log(torch.matmul(mel, spec) + EPS).numpy()
+    batch = max(1, int(batch))
+    if segments.ndim != 2:
+        raise ValueError(f"segments must be (n, samples), got shape {segments.shape}")
+    n_frames = 1 + segments.shape[1] // params.hop_length
+    out = np.empty((len(segments), params.n_mels, n_frames), dtype=np.float32)
+    starts = range(0, len(segments), batch)
+    workers = cpu_count() if workers is None else max(1, int(workers))
+    if workers == 1 or len(starts) == 1:
+        for s in starts:
+            _logmel_block(segments[s:s + batch], params, out[s:s + batch])
+        return out
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lcasc-logmel")
+    # list() re-raises the first exception of any block
+    list(_POOLS[workers].map(lambda s: _logmel_block(segments[s:s + batch], params, out[s:s + batch]), starts))
     return out
 
 
@@ -171,8 +273,10 @@ def extract(dataset: Dataset, params: FeatureParams = FeatureParams(), cache_dir
     chunks = [recs[i:i + CHUNK_RECORDINGS] for i in range(0, len(recs), CHUNK_RECORDINGS)]
     class_index = {c: i for i, c in enumerate(dataset.classes)}
     parts, problems = [], []
-    torch.set_num_threads(os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
+    import torch  # training comes next in the same process: let it use every CPU
+
+    torch.set_num_threads(cpu_count())
+    with ThreadPoolExecutor(max_workers=cpu_count()) as pool, \
             tqdm(total=len(recs), desc="features", unit="file", disable=not progress) as bar:
         for ci, chunk in enumerate(chunks):
             path = cache / f"logmel-{_chunk_key(chunk, params)}.npz"

@@ -242,30 +242,6 @@ def stage_evaluate(run: Run, name: str = UNPRUNED, extra: dict | None = None) ->
     return entry
 
 
-def load_classifier(run_dir: Path, results: dict, model: str | None = None, ensemble: str | None = None):
-    """(name, classifier) of a run: a network by name, an ensemble by name, or by default the float
-    network with the lowest validation log-loss."""
-    from lcasc.ensemble import EnsembleClassifier
-
-    run_dir = Path(run_dir)
-    if ensemble is not None:
-        entry = next((e for e in results.get("ensembles", []) if e["name"] == ensemble), None)
-        if entry is None:
-            known = ", ".join(e["name"] for e in results.get("ensembles", [])) or "none"
-            raise RunError(f"{run_dir}: no ensemble named {ensemble!r} (known: {known})")
-        return ensemble, EnsembleClassifier([load_classifier(run_dir, results, m)[1] for m in entry["members"]],
-                                            entry["members"])
-    nets = {n["name"]: n for n in results.get("networks", [])}
-    if model is None:
-        floats = [n for n in nets.values() if n.get("precision") == "float32" and n.get("kind", "cnn") == "cnn"]
-        if not floats:
-            raise RunError(f"{run_dir}: no trained network in results.json")
-        model = min(floats, key=lambda n: n["validation"]["log_loss"])["name"]
-    if model not in nets:
-        raise RunError(f"{run_dir}: no network named {model!r} (known: {', '.join(nets) or 'none'})")
-    return model, CNNClassifier.load(run_dir / "models" / model)
-
-
 # Paper Table 2: which layers each pruned network prunes.
 LAYER_SETS = {"C1": ("C1",), "C2": ("C2",), "C3": ("C3",), "C12": ("C1", "C2"), "C23": ("C2", "C3"),
               "C123": ("C1", "C2", "C3")}

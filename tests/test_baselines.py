@@ -93,6 +93,15 @@ def test_a_class_missing_in_training_still_has_a_column(cls, data):
         np.testing.assert_allclose(P[:, 3], 0)
 
 
+def test_gmm_fits_a_class_with_a_single_training_vector(data):
+    (X, y), _, (Xt, _) = data
+    keep = np.concatenate([np.flatnonzero(y == 0)[:1], np.flatnonzero(y != 0)])
+    with pytest.warns(UserWarning, match="'airport' has only 1 training vectors; using 1 components"):
+        clf = GMMClassifier(CLASSES, n_components_grid=(2,)).fit(X[keep], y[keep])
+    assert predict(clf, X[keep][:1])[0] == 0  # its own vector is most likely under its own Gaussian
+    assert np.isfinite(clf.predict_proba(Xt)).all()
+
+
 def test_gmm_caps_components_on_tiny_classes(data):
     (X, y), _, _ = data
     keep = np.concatenate([np.flatnonzero(y == 0)[:3], np.flatnonzero(y != 0)])

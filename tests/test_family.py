@@ -14,7 +14,7 @@ import lcasc
 from lcasc.ensemble import EnsembleClassifier, best_subset, paper_table3_subsets
 from lcasc.pipeline import int8_available
 
-from .conftest import make_csv_dataset, real_clips
+from .conftest import make_csv_dataset, make_tau22, real_clips
 
 
 def lcasc_cli(*args, check=True):
@@ -212,3 +212,17 @@ def test_predict_cli_writes_the_dcase_format_and_skips_bad_files(run_dir, tmp_pa
     assert len(js[0]["per_second"]) == 2
     bad = lcasc_cli("predict", "--run", str(run_dir), "--model", "nope", str(folder), check=False)
     assert bad.returncode == 2 and "no network named 'nope'" in bad.stderr
+
+
+def test_predict_dataset_writes_a_dcase_submission_named_as_the_test_list(run_dir, tmp_path):
+    root = make_tau22(tmp_path / "tau")
+    sub = tmp_path / "submission.tsv"
+    lcasc_cli("predict", "--run", str(run_dir), "--dataset", str(root), "--format", "dcase", "-o", str(sub))
+    rows = list(csv.reader(io.StringIO(sub.read_text()), delimiter="\t"))
+    listed = (root / "evaluation_setup" / "fold1_test.csv").read_text().splitlines()[1:]
+    classes = results(run_dir)["classes"]
+    assert rows[0] == ["filename", "scene_label", *classes]
+    assert [r[0] for r in rows[1:]] == listed and all(r[1] in classes for r in rows[1:])
+    np.testing.assert_allclose([sum(map(float, r[2:])) for r in rows[1:]], 1, atol=1e-4)
+    both = lcasc_cli("predict", "--run", str(run_dir), "--dataset", str(root), str(sub), check=False)
+    assert both.returncode == 2 and "one of the two" in both.stderr

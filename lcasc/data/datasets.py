@@ -67,22 +67,58 @@ def _skip(skipped: list[str], message: str) -> None:
     skipped.append(message)
 
 
+LINE = " line"  # key of a row's line number in _read_table's rows (never a column: names are stripped)
+SPLIT_ALIASES = {"val": "validate", "valid": "validate", "validation": "validate", "training": "train",
+                 "testing": "test"}
+
+
 def _read_table(path: Path, required: list[str], delimiter: str | None = None) -> list[dict]:
-    """Rows of a CSV/TSV with a header; delimiter sniffed (tab or comma) unless given."""
+    """Rows of a CSV/TSV with a header, as {column: stripped text}; column names compared case-insensitively.
+
+    The delimiter is sniffed from the header (tab, comma or semicolon) unless given. Any line ending, a
+    UTF-8 byte-order mark and bytes that are not UTF-8 (replaced) are accepted. Values beyond the header's
+    columns are ignored; missing ones read as empty. Raises :class:`DatasetError` naming the file when it
+    is missing, unreadable, empty, not a table or lacks a required column.
+    """
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    if "\0" in text:
+        raise DatasetError(f"{path}: contains NUL bytes; not a text table (expected columns {', '.join(required)})")
     lines = text.splitlines()
+    while lines and not lines[0].strip():  # blank lines before the header
+        lines.pop(0)
     if not lines:
         raise DatasetError(f"{path}: file is empty, expected a header with columns {', '.join(required)}")
     if delimiter is None:
-        delimiter = "\t" if "\t" in lines[0] else ","
-    reader = csv.DictReader(lines, delimiter=delimiter)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}")
-    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        delimiter = next((d for d in ("\t", ",", ";") if d in lines[0]), ",")
+    first = len(text.splitlines()) - len(lines) + 1  # line number of the header in the file
+    reader = csv.reader(lines, delimiter=delimiter)
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}")
+        index = {h: i for i, h in reversed(list(enumerate(header)))}  # the first of duplicate column names
+        rows = []
+        for row in reader:
+            if any(v.strip() for v in row):  # blank lines are not rows
+                rows.append({h: (row[i].strip() if i < len(row) else "") for h, i in index.items()}
+                            | {LINE: str(first + reader.line_num - 1)})
+    except csv.Error as e:
+        raise DatasetError(f"{path}:{first + reader.line_num - 1}: not a valid table row ({e})") from None
+    return rows
+
+
+def _exists(path: Path) -> bool:
+    """``path.is_file()``, False instead of an exception for names the OS rejects (too long, NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _finish(root: Path, layout: str, recordings: list[Recording], skipped: list[str]) -> Dataset:
@@ -94,7 +130,7 @@ def _finish(root: Path, layout: str, recordings: list[Recording], skipped: list[
             _skip(skipped, f"{r.name}: listed more than once (kept the first, split {seen[r.path].split})")
             continue
         seen[r.path] = r
-        if not r.path.is_file():
+        if not _exists(r.path):
             _skip(skipped, f"{r.name}: file does not exist ({r.path})")
             continue
         kept.append(r)
@@ -171,15 +207,19 @@ def load_csv(path: Path) -> Dataset:
     root = path.parent
     skipped: list[str] = []
     recordings = []
-    for i, row in enumerate(_read_table(path, ["filename", "label", "split"]), start=2):
+    for row in _read_table(path, ["filename", "label", "split"]):
         name, label, split = row["filename"], row["label"], row["split"].lower()
+        split = SPLIT_ALIASES.get(split, split)
         if not name:
-            _skip(skipped, f"{path}:{i}: empty filename")
+            _skip(skipped, f"{path}:{row[LINE]}: empty filename")
             continue
         if split not in SPLITS:
             _skip(skipped, f"{name}: unknown split {row['split']!r} (expected train, validate or test)")
             continue
-        recordings.append(Recording(root / name, name, label or None, split, row.get("device") or "-"))
+        if not label:  # a row without its label can be neither learned nor scored
+            _skip(skipped, f"{name}: no label ({path.name} line {row[LINE]})")
+            continue
+        recordings.append(Recording(root / name, name, label, split, row.get("device") or "-"))
     return _finish(root, "csv", recordings, skipped)
 
 

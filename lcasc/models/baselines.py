@@ -120,6 +120,8 @@ class GMMClassifier(_GridBaseline):
             if k < n_components:
                 warnings.warn(f"GMM: class {name!r} has only {len(Zc)} training vectors; using {k} components "
                               f"instead of {n_components}", stacklevel=3)
+            if len(Zc) == 1:  # scikit-learn needs two samples; one vector gives a Gaussian of variance reg_covar
+                Zc = np.repeat(Zc, 2, axis=0)
             mixtures.append(GaussianMixture(k, covariance_type=self.covariance_type, reg_covar=self.reg_covar,
                                             random_state=self.seed).fit(Zc))
         return scaler, mixtures
