@@ -142,7 +142,11 @@ class Run:
     def record(self, kind: str, entry: dict) -> None:
         """Insert or replace (by name) an entry of ``results.json`` ``kind`` ("networks" or "ensembles")."""
         res = self.results()
-        res[kind] = [e for e in res[kind] if e["name"] != entry["name"]] + [entry]
+        names = [e["name"] for e in res[kind]]
+        if entry["name"] in names:  # in place: a rerun keeps the order of results.json
+            res[kind][names.index(entry["name"])] = entry
+        else:
+            res[kind].append(entry)
         write_json(self.results_path, res)
 
     def update_results(self, **fields) -> None:

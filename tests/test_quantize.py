@@ -254,7 +254,7 @@ def test_wrong_tanh_quantization_is_refused_and_caught_by_tflm_comparison(int8_f
     assert len(q.fixed_qparam_violations(tmp_path / "bad.tflite")) == 1
     assert q.compare_tflm_litert(tmp_path / "bad.tflite", data[2][:20])["kernel_max_step_diff"] > 10
 
-    monkeypatch.setattr(q, "_convert", lambda model, calibration: bad)
+    monkeypatch.setattr(q, "convert_keras", lambda mirror, calibration: bad)
     with pytest.raises(RuntimeError, match="TANH"):
         q.export_tflite_int8(net, data[0][:10], tmp_path / "out" / "model.tflite")
     assert list((tmp_path / "out").iterdir()) == []
