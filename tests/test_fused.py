@@ -24,24 +24,16 @@ from lcasc.ensemble import EnsembleClassifier
 from lcasc.models.cnn import CNNClassifier, CNNSpec, LowComplexityCNN
 from lcasc.prune import prune_network
 
+from .conftest import synthetic_logmel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 N_CLASSES = 10
 CLASSES = [f"scene{i}" for i in range(N_CLASSES)]
 # three pruned networks of one base (the paper's pruned C1 / C2 / C3, with fixed removed filters)
 REMOVED = {"pC1": {"C1": [1, 5, 9, 12]}, "pC2": {"C2": [0, 3, 7]}, "pC3": {"C3": [2, 4, 8, 10]}}
 CONV1_MACS = 40 * 51 * 9  # one C1 map: 40x51 outputs x 3x3 taps x 1 input channel = 18,360
-
-
-def synthetic_logmel(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 40, 51) float32 log-mel-like clips and (n,) labels: a class-dependent spectral bump under noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, N_CLASSES, n)
-    mel, t = np.arange(40)[None, :, None], np.arange(51)[None, None, :]
-    bump = 1.5 * np.exp(-0.5 * ((mel - (3 + 3.5 * y)[:, None, None]) / 2.0) ** 2)
-    modulation = 1 + 0.5 * np.sin(2 * np.pi * t * (1 + y[:, None, None] % 3) / 51 + rng.uniform(0, 6.3, (n, 1, 1)))
-    X = (-8 + 1.8 * (40 - mel) / 40 + bump * modulation + rng.normal(0, 3.0, (n, 40, 51))
-         + rng.normal(0, 1.0, (n, 1, 1)))
-    return X.astype(np.float32), y
 
 
 def train(net: LowComplexityCNN, X: np.ndarray, y: np.ndarray, steps: int, seed: int, lr: float,
@@ -71,15 +63,6 @@ def train(net: LowComplexityCNN, X: np.ndarray, y: np.ndarray, steps: int, seed:
 def unfused_proba(nets, X) -> np.ndarray:
     """The ordinary ensemble as users run it: EnsembleClassifier over CNNClassifier members."""
     return EnsembleClassifier([CNNClassifier(CLASSES, net=n) for n in nets]).predict_proba(X)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small convolutions run several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -20,25 +20,14 @@ from lcasc import quantize as q
 from lcasc.classifier import Classifier
 from lcasc.models.cnn import CNNSpec, LowComplexityCNN
 
+from .conftest import synthetic_logmel
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _MISSING = [m for m in ("tensorflow", "tflite_micro", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"INT8 export extras not installed: {_MISSING}")
 
 N_CLASSES = 10
 CLASSES = [f"scene{i}" for i in range(N_CLASSES)]
-
-
-def synthetic_logmel(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 40, 51) float32 log-mel-like clips and (n,) labels: around -8 (natural-log magnitude), a
-    class-dependent Gaussian bump over mel bands, modulated in time, under noise of std 3."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, N_CLASSES, n)
-    mel, t = np.arange(40)[None, :, None], np.arange(51)[None, None, :]
-    bump = 1.5 * np.exp(-0.5 * ((mel - (3 + 3.5 * y)[:, None, None]) / 2.0) ** 2)
-    modulation = 1 + 0.5 * np.sin(2 * np.pi * t * (1 + y[:, None, None] % 3) / 51 + rng.uniform(0, 6.3, (n, 1, 1)))
-    X = (-8 + 1.8 * (40 - mel) / 40 + bump * modulation + rng.normal(0, 3.0, (n, 40, 51))
-         + rng.normal(0, 1.0, (n, 1, 1)))
-    return X.astype(np.float32), y
 
 
 def train(spec: CNNSpec, X: np.ndarray, y: np.ndarray, steps: int, seed: int = 0) -> LowComplexityCNN:

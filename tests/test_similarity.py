@@ -15,16 +15,9 @@ from lcasc import similarity as S
 from lcasc.models.cnn import CNNSpec, LowComplexityCNN
 from lcasc.prune import prune_network
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REMOVED = {"base": {}, "pC1": {"C1": [1, 5]}, "pC2": {"C2": [0, 3, 7]}, "copy": {}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small convolutions run several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
