@@ -602,7 +602,7 @@ FUSE_THRESHOLDS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, float("inf"))
 
 
 def stage_fuse(run: Run, threshold: float = 1e-4, members: list[str] | None = None) -> list[dict]:
-    """An ensemble that computes each group of shared feature maps once (issue: the paper's estimate, built):
+    """An ensemble that computes each group of shared feature maps once (the saving the paper only estimates):
     members default to the six similarity-pruned networks; maps whose validation MSE is at most ``threshold``
     are computed once. Recorded in ``results.json`` ``"ensembles"`` with ``"fused": true`` next to the unfused
     ensemble, with its trade-off over thresholds (``models/ensemble_fused/fused.json``, a PNG), and exported to

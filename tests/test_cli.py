@@ -104,7 +104,14 @@ def test_changed_settings_on_an_existing_run_are_refused(tmp_path):
 
 
 def test_help_explains_every_command():
+    from lcasc.cli import build_parser
+
     out = lcasc("--help")
-    for cmd in ("run", "features", "train", "evaluate", "complexity", "report"):
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert set(commands) >= {"run", "features", "train", "evaluate", "prune", "quantize", "ensemble", "similarity",
+                             "fuse", "baselines", "study", "predict", "complexity", "report"}
+    for cmd, sub in commands.items():
         assert cmd in out.stdout
+        assert len(sub.description or "") > 20, f"`lcasc {cmd} --help` has no description"
+        assert all(a.help for a in sub._actions), f"`lcasc {cmd}` has an option without help"
     assert "--max-epochs" in lcasc("run", "--help").stdout
