@@ -1,5 +1,5 @@
-"""SIGKILL during feature caching, training and pruning, then the same command again: the run finishes with
-the numbers of an uninterrupted run, and nothing half-written is ever trusted."""
+"""SIGKILL during feature caching, training, pruning and INT8 export, then the same command again: the run
+finishes with the numbers of an uninterrupted run, and nothing half-written is ever trusted."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lcasc.pipeline import int8_available
+
 from .conftest import make_csv_dataset
 
 # Fewer stages keep this module short; the resumption of each stage is what is tested.
-FAST = ["--max-epochs", "4", "--patience", "10", "--skip", "quantize", "ensemble", "baselines"]
+FAST = ["--max-epochs", "4", "--patience", "10", "--skip", "ensemble", "similarity", "fuse", "baselines"]
 
 
 def start(out: Path, cache: Path, *args: str) -> subprocess.Popen:
@@ -107,7 +109,7 @@ def dataset(tmp_path_factory):
     return make_csv_dataset(tmp_path_factory.mktemp("interrupt") / "ds", per_class=2)
 
 
-def test_killed_during_training_and_pruning_resumes_to_the_same_results(tmp_path, dataset):
+def test_killed_during_training_pruning_and_export_resumes_to_the_same_results(tmp_path, dataset):
     args = ["--dataset", str(dataset), *FAST]
     finish(start(tmp_path / "reference", tmp_path / "cache", *args))
 
@@ -120,6 +122,11 @@ def test_killed_during_training_and_pruning_resumes_to_the_same_results(tmp_path
     kill_when(proc, lambda: (out / "models" / "pruned_C12" / "last.ckpt").is_file())
     assert not (out / "models" / "pruned_C12" / "model.pt").exists()
     assert (out / "models" / "unpruned" / "model.pt").is_file()
+
+    if int8_available():  # resumes fine-tuning, then exports INT8 files; killed between two exports
+        proc = start(out, tmp_path / "cache", *args)
+        kill_when(proc, lambda: (out / "models" / "unpruned" / "model_int8.tflite").is_file())
+        assert not (out / "models" / "pruned_C123" / "model_int8.tflite").exists()
 
     finish(start(out, tmp_path / "cache", *args))
     assert numbers(out) == numbers(tmp_path / "reference")
