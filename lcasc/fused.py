@@ -446,12 +446,9 @@ def fused_keras_mirror(fused: FusedEnsemble):
     fixed 1/128 quantization TFLM needs (per-unit TANHs before a join would need requantizing QUANTIZE ops).
     The members' softmaxes are averaged with ``Average`` (ADD, MUL).
     """
-    from lcasc.quantize import _tensorflow
+    from lcasc.quantize import tf_keras
 
-    tf = _tensorflow()
-    keras = tf.keras
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"the Keras mirror needs the TensorFlow backend, KERAS_BACKEND is {keras.backend.backend()}")
+    keras = tf_keras()
     spec = fused.spec
     act_names = {"T": "tanh", "R": "relu"}
     h, w = LowComplexityCNN.pooled_shape(spec)

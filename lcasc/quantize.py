@@ -71,6 +71,14 @@ def _tensorflow():
     return tf
 
 
+def tf_keras():
+    """TensorFlow's Keras, for the mirrors that the TFLite converter takes; refuses another Keras backend."""
+    keras = _tensorflow().keras
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"the Keras mirror needs the TensorFlow backend, KERAS_BACKEND is {keras.backend.backend()}")
+    return keras
+
+
 @contextlib.contextmanager
 def _native_output_to(target: str | os.PathLike = os.devnull):
     """Send what native code writes to file descriptors 1 and 2 (TFLM's and the converter's messages) to
@@ -197,10 +205,7 @@ def keras_mirror(model: LowComplexityCNN):
     """
     from torch import nn
 
-    tf = _tensorflow()
-    keras = tf.keras
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"the Keras mirror needs the TensorFlow backend, KERAS_BACKEND is {keras.backend.backend()}")
+    keras = tf_keras()
     spec = model.spec
     names = {"T": "tanh", "R": "relu"}
     h, w = model.pooled_shape(spec)

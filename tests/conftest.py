@@ -108,3 +108,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def adam_steps(net, X: np.ndarray, y: np.ndarray, steps: int, seed: int, lr: float,
+          freeze_c1: bool = False) -> torch.nn.Module:
+    """Adam steps (batch 32) on ``net`` in place; ``freeze_c1`` keeps conv1 and bn1 (incl. running stats) fixed."""
+    torch.manual_seed(seed)
+    if freeze_c1:
+        for p in (*net.conv1.parameters(), *net.bn1.parameters()):
+            p.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
+    rng = np.random.default_rng(seed)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    net.train()
+    if freeze_c1:
+        net.bn1.eval()
+    for _ in range(steps):
+        idx = torch.from_numpy(rng.integers(0, len(X), 32))
+        loss = torch.nn.functional.cross_entropy(net(Xt[idx]), yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return net.eval()

@@ -24,6 +24,7 @@ from lcasc.ensemble import EnsembleClassifier
 from lcasc.models.cnn import CNNClassifier, CNNSpec, LowComplexityCNN
 from lcasc.prune import prune_network
 
+from .conftest import adam_steps as train
 from .conftest import synthetic_logmel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,30 +35,6 @@ CLASSES = [f"scene{i}" for i in range(N_CLASSES)]
 # three pruned networks of one base (the paper's pruned C1 / C2 / C3, with fixed removed filters)
 REMOVED = {"pC1": {"C1": [1, 5, 9, 12]}, "pC2": {"C2": [0, 3, 7]}, "pC3": {"C3": [2, 4, 8, 10]}}
 CONV1_MACS = 40 * 51 * 9  # one C1 map: 40x51 outputs x 3x3 taps x 1 input channel = 18,360
-
-
-def train(net: LowComplexityCNN, X: np.ndarray, y: np.ndarray, steps: int, seed: int, lr: float,
-          freeze_c1: bool = False) -> LowComplexityCNN:
-    """Adam steps (batch 32) on ``net`` in place; ``freeze_c1`` keeps conv1 and bn1 (incl. running stats) fixed."""
-    torch.manual_seed(seed)
-    if freeze_c1:
-        for p in (*net.conv1.parameters(), *net.bn1.parameters()):
-            p.requires_grad_(False)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
-    rng = np.random.default_rng(seed)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    net.train()
-    if freeze_c1:
-        net.bn1.eval()
-    for _ in range(steps):
-        idx = torch.from_numpy(rng.integers(0, len(X), 32))
-        loss = torch.nn.functional.cross_entropy(net(Xt[idx]), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    for p in net.parameters():
-        p.requires_grad_(True)
-    return net.eval()
 
 
 def unfused_proba(nets, X) -> np.ndarray:

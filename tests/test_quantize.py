@@ -20,7 +20,7 @@ from lcasc import quantize as q
 from lcasc.classifier import Classifier
 from lcasc.models.cnn import CNNSpec, LowComplexityCNN
 
-from .conftest import synthetic_logmel
+from .conftest import adam_steps, synthetic_logmel
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _MISSING = [m for m in ("tensorflow", "tflite_micro", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
@@ -33,18 +33,7 @@ CLASSES = [f"scene{i}" for i in range(N_CLASSES)]
 def train(spec: CNNSpec, X: np.ndarray, y: np.ndarray, steps: int, seed: int = 0) -> LowComplexityCNN:
     """A few hundred Adam steps (batch 32) from a seeded initialisation; returns the network in eval mode."""
     torch.manual_seed(seed)
-    net = LowComplexityCNN.from_spec(spec)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    rng = np.random.default_rng(seed)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    net.train()
-    for _ in range(steps):
-        idx = torch.from_numpy(rng.integers(0, len(X), 32))
-        loss = torch.nn.functional.cross_entropy(net(Xt[idx]), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
+    return adam_steps(LowComplexityCNN.from_spec(spec), X, y, steps, seed, lr=3e-3)
 
 
 def float_proba(net: LowComplexityCNN, X: np.ndarray) -> np.ndarray:
