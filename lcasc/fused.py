@@ -435,7 +435,8 @@ def fuse_and_evaluate(nets: dict[str, LowComplexityCNN], kept: dict[str, dict[st
 
 def fused_keras_mirror(fused: FusedEnsemble):
     """A float Keras model computing what ``fused(x)`` computes, NHWC: input ``(N, n_mels, n_frames, 1)``,
-    output ``(N, n_classes)`` mean probabilities.
+    output ``(N, n_members * n_classes)``: the members' logits side by side (probabilities are computed from
+    them in float, :func:`lcasc.quantize.probabilities_from_logits`).
 
     Same conventions as :func:`lcasc.quantize.keras_mirror` (kernels ``(out, in, kh, kw) -> (kh, kw, in,
     out)``, BatchNorm with eps 1e-5 folded by the converter, fc1 columns reordered for the channel-last
@@ -444,7 +445,7 @@ def fused_keras_mirror(fused: FusedEnsemble):
     a copy that keeps the quantization) where a unit or head does not read the whole pool in order. ReLU
     stays per unit (fused into the conv); TANH comes once after the join, so a single TANH output carries the
     fixed 1/128 quantization TFLM needs (per-unit TANHs before a join would need requantizing QUANTIZE ops).
-    The members' softmaxes are averaged with ``Average`` (ADD, MUL).
+    The members' fc2 logits are joined with Concatenate (one int8 scale for all of them).
     """
     from lcasc.quantize import tf_keras
 
@@ -480,7 +481,7 @@ def fused_keras_mirror(fused: FusedEnsemble):
         if tanh:
             pool = keras.layers.Activation("tanh", name=f"{layer}_act")(pool)
     pooled = keras.layers.AveragePooling2D(spec.pool2, name="pool2")(pool)
-    probs = []
+    logits = []
     for m, head in enumerate(fused.heads):
         c3 = len(head.channels)
         flat = h * w * c3
@@ -489,13 +490,13 @@ def fused_keras_mirror(fused: FusedEnsemble):
                                 name=f"m{m}_flatten")(x)
         x = keras.layers.Dense(head.fc1.out_features, activation=act_names[spec.activations[3]], name=f"m{m}_fc1")(x)
         x = keras.layers.Dense(head.fc2.out_features, name=f"m{m}_fc2")(x)
-        probs.append(keras.layers.Softmax(name=f"m{m}_softmax")(x))
+        logits.append(x)
         w1 = _np(head.fc1.weight).reshape(head.fc1.out_features, c3, h, w)  # channel-major columns
         weights.append((f"m{m}_fc1", [w1.transpose(2, 3, 1, 0).reshape(flat, head.fc1.out_features),
                                       _np(head.fc1.bias)]))
         weights.append((f"m{m}_fc2", [_np(head.fc2.weight).T, _np(head.fc2.bias)]))
-    outputs = probs[0] if len(probs) == 1 else keras.layers.Average(name="mean_probabilities")(probs)
-    mirror = keras.Model(inputs, outputs, name=f"lcasc_fused_{len(probs)}")
+    outputs = logits[0] if len(logits) == 1 else keras.layers.Concatenate(axis=-1, name="member_logits")(logits)
+    mirror = keras.Model(inputs, outputs, name=f"lcasc_fused_{len(logits)}")
     for layer_name, values in weights:
         mirror.get_layer(layer_name).set_weights(values)
     return mirror

@@ -8,13 +8,17 @@ before it is published: fixed-range ops carry the quantization TFLM assumes (TAN
 point 0; SOFTMAX output 1/256, -128) and TFLM allocates and runs it.
 
 File layout of both TFLite files: input ``(1, n_mels, n_frames, 1)`` (batch axis dynamic for the LiteRT
-interpreter; TFLM runs one clip at a time), output ``(1, n_classes)`` probabilities (Softmax is in the file).
-The INT8 file's input is the log-mel quantized with the input tensor's scale and zero point; its output
-is probabilities in steps of 1/256.
+interpreter; TFLM runs one clip at a time), output ``(1, n_members * n_classes)`` logits: the file ends at
+the last dense layer (one network: ``n_members`` = 1; a fused ensemble: its members' logits side by side).
+The INT8 file's input is the log-mel quantized with the input tensor's scale and zero point. Probabilities
+are computed in float from the dequantized int8 logits (:func:`probabilities_from_logits`: a softmax per
+member, averaged over members), here, in ``lcasc predict`` and in the C bundle alike. An int8 softmax in the
+file would round every probability to a multiple of 1/256, so a small true-class probability became 0 and
+inflated the log-loss; a float softmax over 10 values costs nothing on a microcontroller.
 
 ONNX: a float file straight from PyTorch (input ``(N, n_mels, n_frames)`` log-mel named ``logmel``,
-output ``(N, n_classes)`` probabilities named ``probabilities``), and ONNX Runtime's static INT8 (QDQ,
-per-channel weights) made from it. QDQ keeps float input and output and is not a TFLM format: it is for
+output ``(N, n_classes)`` logits named ``logits``; probabilities as for TFLite), and ONNX Runtime's static
+INT8 (QDQ, per-channel weights) made from it. QDQ keeps float input and output and is not a TFLM format: it is for
 size comparisons, not for the microcontroller.
 
 TensorFlow, ONNX and TFLM are imported inside the functions that need them, so ``import lcasc.quantize``
@@ -160,17 +164,29 @@ def dequantize_int8(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((np.asarray(q, np.float32) - zero_point) * scale).astype(np.float32)
 
 
-def _normalised(p: np.ndarray) -> np.ndarray:
-    """Rows scaled to sum to 1 (int8 softmax outputs are multiples of 1/256 and need not sum to 1)."""
-    p = np.maximum(np.asarray(p, np.float64), 0.0)
-    total = p.sum(axis=1, keepdims=True)
-    p = np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / p.shape[1])
-    return p.astype(np.float32)
+def probabilities_from_logits(logits: np.ndarray, n_classes: int) -> np.ndarray:
+    """(N, n_members * n_classes) logits -> (N, n_classes) float32 probabilities: the softmax of each
+    member's logits (computed in float64), averaged over members (the paper's equal-weight ensemble)."""
+    z = np.asarray(logits, np.float64)
+    if z.ndim != 2 or z.shape[1] % n_classes:
+        raise ValueError(f"logits of shape {z.shape} do not hold whole members of {n_classes} classes")
+    z = z.reshape(len(z), -1, n_classes)
+    z = np.exp(z - z.max(axis=2, keepdims=True))
+    return (z / z.sum(axis=2, keepdims=True)).mean(axis=1).astype(np.float32)
+
+
+def _check_ends_at_logits(path: str | os.PathLike) -> None:
+    """Refuse a .tflite file that ends in SOFTMAX (written by an older lcasc): its outputs are not logits."""
+    ops = tflite_ops(path)
+    if ops and ops[-1]["op"] == "SOFTMAX":
+        raise ValueError(f"{path}: ends in an int8 SOFTMAX (a file written by an older lcasc); export it again "
+                         "with `lcasc quantize`")
 
 
 def _check_classes(classes: list[str], n_outputs: int, path) -> list[str]:
+    """``classes``, checked against a file with ``n_outputs`` outputs (whole members' logits)."""
     classes = list(classes)
-    if len(classes) != n_outputs:
+    if not classes or n_outputs % len(classes):
         raise ValueError(f"{path} has {n_outputs} outputs but {len(classes)} classes were given")
     return classes
 
@@ -193,10 +209,10 @@ class _InferenceOnly:
 
 
 def keras_mirror(model: LowComplexityCNN):
-    """A float Keras model computing what ``softmax(model(x))`` computes, in NHWC.
+    """A float Keras model computing what ``model(x)`` computes, in NHWC.
 
-    Input ``(N, n_mels, n_frames, 1)`` log-mel, output ``(N, n_classes)`` probabilities. Conv kernels
-    are transposed ``(out, in, kh, kw) -> (kh, kw, in, out)``; BatchNorm keeps its four vectors and
+    Input ``(N, n_mels, n_frames, 1)`` log-mel, output ``(N, n_classes)`` logits (see the module docstring).
+    Conv kernels are transposed ``(out, in, kh, kw) -> (kh, kw, in, out)``; BatchNorm keeps its four vectors and
     PyTorch's epsilon (1e-5), so the float mirror matches to float32 rounding; the converter folds BN into
     the convolutions. PyTorch flattens the (C3, h, w) map channel-major, Keras flattens (h, w, C3) channel
     last: the first dense layer's input columns are reordered instead of adding a Permute layer. The flatten
@@ -221,8 +237,7 @@ def keras_mirror(model: LowComplexityCNN):
     x = keras.layers.AveragePooling2D(spec.pool2, name="pool2")(x)
     x = keras.layers.Lambda(lambda t: keras.ops.reshape(t, (-1, flat)), output_shape=(flat,), name="flatten")(x)
     x = keras.layers.Dense(spec.dense, activation=names[spec.activations[3]], name="fc1")(x)
-    x = keras.layers.Dense(spec.n_classes, name="fc2")(x)
-    outputs = keras.layers.Softmax(name="softmax")(x)
+    outputs = keras.layers.Dense(spec.n_classes, name="fc2")(x)
     mirror = keras.Model(inputs, outputs, name=f"lcasc_{spec.widths}")
 
     def numpy(t):
@@ -434,13 +449,14 @@ class TFLiteMicroClassifier(_InferenceOnly):
     """An INT8 .tflite file run clip by clip in TensorFlow Lite Micro's Python interpreter.
 
     ``predict_proba``: (N, n_mels, n_frames) float32 log-mel -> (N, n_classes) float32 probabilities
-    (the int8 softmax dequantized, rows renormalised to sum to 1). Inputs are quantized with the input
+    (:func:`probabilities_from_logits` of the dequantized int8 logits). Inputs are quantized with the input
     tensor's scale and zero point. ``arena_size`` defaults to the measured minimum (:func:`arena_bytes`)
     plus 256 bytes, so running here also proves the file fits that arena.
     """
 
     def __init__(self, path: str | os.PathLike, classes: list[str], arena_size: int | None = None):
         self.path = Path(path)
+        _check_ends_at_logits(self.path)
         self.arena_size = int(arena_size) if arena_size is not None else arena_bytes(self.path) + ARENA_MARGIN
         self._interpreter = _tflm_interpreter(self.path.read_bytes(), self.arena_size)
         self.input_detail = self._interpreter.get_input_details(0)
@@ -471,7 +487,7 @@ class TFLiteMicroClassifier(_InferenceOnly):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         q = self.invoke_int8(self.quantize_input(X))
-        return _normalised(dequantize_int8(q, *self._qparams(self.output_detail)))
+        return probabilities_from_logits(dequantize_int8(q, *self._qparams(self.output_detail)), len(self.classes))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -492,6 +508,7 @@ class LiteRTClassifier(_InferenceOnly):
                  batch_size: int = 256, preserve_all_tensors: bool = False):
         tf = _tensorflow()
         self.path, self.batch_size = Path(path), int(batch_size)
+        _check_ends_at_logits(self.path)
         self.preserve_all_tensors = preserve_all_tensors
         resolver = tf.lite.experimental.OpResolverType
         with warnings.catch_warnings():
@@ -543,9 +560,9 @@ class LiteRTClassifier(_InferenceOnly):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = _logmel(X)
         if not self.int8:
-            return _normalised(self.invoke_raw(X))
+            return probabilities_from_logits(self.invoke_raw(X), len(self.classes))
         q = self.invoke_raw(self.quantize_input(X))
-        return _normalised(dequantize_int8(q, *self.output_detail["quantization"]))
+        return probabilities_from_logits(dequantize_int8(q, *self.output_detail["quantization"]), len(self.classes))
 
 
 def compare_tflm_litert(path: str | os.PathLike, X: np.ndarray) -> dict:
@@ -605,31 +622,24 @@ def compare_tflm_litert(path: str | os.PathLike, X: np.ndarray) -> dict:
 # ONNX
 
 
-def _with_softmax(model: LowComplexityCNN):
-    """A copy of ``model`` in eval mode followed by a softmax over classes (for export)."""
-    from torch import nn
-
-    return nn.Sequential(copy.deepcopy(model).cpu().float(), nn.Softmax(dim=1)).eval()
-
-
 def export_onnx(model: LowComplexityCNN, path: str | os.PathLike, opset: int = 17) -> dict:
-    """Write a float32 ONNX file of ``softmax(model(x))``; returns ``{"file_bytes"}``.
+    """Write a float32 ONNX file of ``model(x)``; returns ``{"file_bytes"}``.
 
     Input ``logmel`` (N, n_mels, n_frames) float32 (the classifier protocol's layout, N dynamic), output
-    ``probabilities`` (N, n_classes). Uses PyTorch's TorchScript exporter (``dynamo=False``: no onnxscript
+    ``logits`` (N, n_classes). Uses PyTorch's TorchScript exporter (``dynamo=False``: no onnxscript
     needed, and BatchNorm comes out folded into the convolutions); the model is copied, not modified.
     Written atomically.
     """
     import torch
 
-    wrapped = _with_softmax(model)
+    wrapped = copy.deepcopy(model).cpu().float().eval()
     spec = model.spec
     dummy = torch.zeros(2, spec.n_mels, spec.n_frames)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(wrapped, (dummy,), str(tmp), dynamo=False, opset_version=opset,
-                          input_names=["logmel"], output_names=["probabilities"],
-                          dynamic_axes={"logmel": {0: "batch"}, "probabilities": {0: "batch"}})
+                          input_names=["logmel"], output_names=["logits"],
+                          dynamic_axes={"logmel": {0: "batch"}, "logits": {0: "batch"}})
         size = Path(tmp).stat().st_size
     return {"file_bytes": size}
 
@@ -668,8 +678,8 @@ def quantize_onnx_int8(float_path: str | os.PathLike, out_path: str | os.PathLik
 class OnnxClassifier(_InferenceOnly):
     """An ONNX file from :func:`export_onnx` or :func:`quantize_onnx_int8` in ONNX Runtime (CPU).
 
-    ``predict_proba``: (N, n_mels, n_frames) float32 log-mel -> (N, n_classes) float32 probabilities,
-    in batches of ``batch_size``.
+    ``predict_proba``: (N, n_mels, n_frames) float32 log-mel -> (N, n_classes) float32 probabilities
+    (:func:`probabilities_from_logits` of the file's logits), in batches of ``batch_size``.
     """
 
     def __init__(self, path: str | os.PathLike, classes: list[str], batch_size: int = 1024):
@@ -680,11 +690,16 @@ class OnnxClassifier(_InferenceOnly):
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
-        n_out = self._session.get_outputs()[0].shape[-1]
+        output = self._session.get_outputs()[0]
+        if output.name != "logits":
+            raise ValueError(f"{self.path}: its output is {output.name!r}, not 'logits' (a file written by an older "
+                             "lcasc); export it again with `lcasc quantize`")
+        n_out = output.shape[-1]
         self.classes = _check_classes(classes, int(n_out), self.path)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = _logmel(X)
         outs = [self._session.run(None, {self._input: X[i:i + self.batch_size]})[0]
                 for i in range(0, len(X), self.batch_size)]
-        return _normalised(np.concatenate(outs) if outs else np.empty((0, len(self.classes)), np.float32))
+        logits = np.concatenate(outs) if outs else np.empty((0, len(self.classes)), np.float32)
+        return probabilities_from_logits(logits, len(self.classes))
