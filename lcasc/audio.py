@@ -48,8 +48,9 @@ def _check_rate(sample_rate, name: str) -> float:
 
 
 def to_mono_44k(x: np.ndarray, sample_rate: float, name: str = "<array>",
-                channels_first: bool | None = None) -> np.ndarray:
-    """(samples,) or (samples, channels) at any rate -> (samples,) float32 mono at 44.1 kHz.
+                channels_first: bool | None = None, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(samples,) or (samples, channels) at any rate -> (samples,) float32 mono at ``target_rate`` (the
+    DCASE 2022 front end's 44.1 kHz unless a feature setting asks for another rate).
 
     Channels are averaged; other rates are resampled with soxr (high quality). Integer arrays are PCM
     (signed: full scale 2**(bits-1); unsigned: offset binary, as 8-bit WAV). ``channels_first=None``
@@ -83,8 +84,8 @@ def to_mono_44k(x: np.ndarray, sample_rate: float, name: str = "<array>",
     if peak > 1.0:
         x = x / peak
     x = x.astype(np.float32, copy=False)
-    if rate != SAMPLE_RATE:
-        x = soxr.resample(x, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+    if rate != target_rate:
+        x = soxr.resample(x, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
         if x.size:
             peak = max(float(x.max()), -float(x.min()))  # the resampler's ringing can exceed 1 slightly
             if peak > 1.0:
@@ -223,26 +224,27 @@ def read(path: str | Path) -> tuple[np.ndarray, int]:
     return x, int(sr)
 
 
-def load(path: str | Path) -> np.ndarray:
-    """Decode ``path`` to (samples,) float32 mono at 44.1 kHz; raises :class:`AudioError`."""
+def load(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode ``path`` to (samples,) float32 mono at ``sample_rate`` (44.1 kHz); raises :class:`AudioError`."""
     x, sr = read(path)
-    return to_mono_44k(x, sr, str(path), channels_first=False)
+    return to_mono_44k(x, sr, str(path), channels_first=False, target_rate=sample_rate)
 
 
-def n_segments(n_samples: int, min_last: float = 0.5) -> int:
+def n_segments(n_samples: int, min_last: float = 0.5, sample_rate: int = SAMPLE_RATE) -> int:
     """Number of 1-second segments: full seconds, plus a padded last one if it holds >= ``min_last`` s.
 
     A recording shorter than one second still gives one (padded) segment.
     """
-    seg = int(SAMPLE_RATE * SEGMENT_SECONDS)
+    seg = int(sample_rate * SEGMENT_SECONDS)
     full, rest = divmod(n_samples, seg)
     return max(1, full + (1 if rest >= min_last * seg else 0))
 
 
-def segment(x: np.ndarray, min_last: float = 0.5) -> np.ndarray:
-    """(samples,) -> (n_segments, 44100) float32; the last partial segment is zero-padded."""
-    seg = int(SAMPLE_RATE * SEGMENT_SECONDS)
-    n = n_segments(x.size, min_last)
+def segment(x: np.ndarray, min_last: float = 0.5, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(samples,) at ``sample_rate`` -> (n_segments, sample_rate) float32 one-second segments; the last
+    partial segment is zero-padded."""
+    seg = int(sample_rate * SEGMENT_SECONDS)
+    n = n_segments(x.size, min_last, sample_rate)
     if x.size == n * seg and x.dtype == np.float32:  # whole seconds (TAU clips): a view, no copy
         return np.ascontiguousarray(x).reshape(n, seg)
     out = np.zeros((n, seg), dtype=np.float32)

@@ -17,6 +17,10 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def _run_options(p: argparse.ArgumentParser, out_flag: str = "--out") -> None:
     p.add_argument("--dataset", metavar="PATH", help="dataset folder or CSV; default: the embedded ESC-10 folds 1-4")
     p.add_argument("--layout", choices=["tau22", "folder", "csv"], help="dataset layout; detected when omitted")
+    p.add_argument("--validation", choices=["holdout", "evaluate"], default="holdout",
+                   help="TAU22 protocol: holdout validates on 30 %% of fold1_train (grouped by location, as the "
+                        "DCASE 2022 baseline) and tests on fold1_evaluate; evaluate validates on fold1_evaluate, "
+                        "which is also the test split (the paper's choice: test numbers are then optimistic)")
     p.add_argument(out_flag, dest="out", metavar="DIR", default=DEFAULT_OUT, help="run directory")
     p.add_argument("--max-epochs", type=int, default=1000, help="training epochs at most (paper: 1000)")
     p.add_argument("--patience", type=int, default=20, help="early stopping: epochs without a lower validation "
@@ -37,7 +41,7 @@ def _config(args):
     from lcasc.pipeline import RunConfig
     from lcasc.train import TrainConfig
 
-    return RunConfig(dataset=args.dataset, layout=args.layout,
+    return RunConfig(dataset=args.dataset, layout=args.layout, validation=args.validation,
                      silence_db=None if math.isnan(args.silence_db) else args.silence_db,
                      widths=args.widths, kernel_size=args.kernel_size, activations=args.activations,
                      train=TrainConfig(max_epochs=args.max_epochs, patience=args.patience, seed=args.seed),
@@ -290,7 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "low-complexity CNN, pruning, INT8 and ensembles within DCASE limits.",
         epilog="Start with `lcasc run` (the whole pipeline on the embedded ESC-10 data), then read "
                "runs/default/report.md.")
+    from lcasc import __version__
+
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
+    parser.add_argument("--version", action="version", version=f"lcasc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", formatter_class=_Formatter, help="the whole pipeline into a run directory",
@@ -439,13 +446,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel-size", type=int, default=3, help="convolution kernel size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_complexity)
+    for command in sub.choices.values():  # `lcasc run -q` as well as `lcasc -q run`
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="no progress bars or info messages")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="lcasc: %(message)s",
-                        stream=sys.stderr)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("lcasc: %(message)s"))
+    console.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logging.basicConfig(level=logging.WARNING, handlers=[console])
+    logging.getLogger("lcasc").setLevel(logging.INFO)  # the run directory's lcasc.log keeps info even with -q
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from lcasc.audio import AudioError

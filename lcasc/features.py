@@ -52,6 +52,11 @@ class FeatureParams:
     fmax: float = 22_050.0
     min_last_segment: float = 0.5  # seconds: a shorter tail of a recording is dropped, a longer one padded
 
+    def __post_init__(self):
+        if self.sample_rate <= 0 or not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(f"feature settings: need 0 <= fmin < fmax <= sample_rate / 2, got fmin {self.fmin}, "
+                             f"fmax {self.fmax}, sample_rate {self.sample_rate}")
+
     @property
     def n_frames(self) -> int:
         return 1 + self.sample_rate // self.hop_length
@@ -216,7 +221,8 @@ class FeatureSet:
 
 def _decode(rec: Recording, params: FeatureParams) -> tuple[np.ndarray | None, str | None]:
     try:
-        return audio.segment(audio.load(rec.path), params.min_last_segment), None
+        x = audio.load(rec.path, params.sample_rate)
+        return audio.segment(x, params.min_last_segment, params.sample_rate), None
     except audio.AudioError as e:
         return None, str(e)
 

@@ -12,6 +12,7 @@ Rerunning a command on the same directory skips finished stages and resumes inte
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ from lcasc.train import TrainConfig
 
 log = logging.getLogger("lcasc")
 UNPRUNED = "unpruned"
+# The control for the pruning tables: the unpruned network fine-tuned with the pruned networks' recipe and
+# budget, so that the report separates the effect of pruning from the effect of training longer.
+UNPRUNED_FT = "unpruned_ft"
 
 
 class RunError(RuntimeError):
@@ -38,6 +42,7 @@ class RunError(RuntimeError):
 class RunConfig:
     dataset: str | None = None  # None: the embedded ESC-10 default
     layout: str | None = None  # tau22 | folder | csv; detected when None
+    validation: str = "holdout"  # TAU22 protocol: holdout (30 % of fold1_train) | evaluate (the paper's)
     silence_db: float | None = -60.0  # segments quieter than this RMS level (dBFS) are left out; None keeps all
     widths: str = "16-16-32-100"
     kernel_size: int = 3
@@ -55,6 +60,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         d = dict(d)
+        d.setdefault("validation", "evaluate")  # a run directory older than the option validated on evaluate
         feats = FeatureParams(**d.pop("features", {}))
         train = TrainConfig(**d.pop("train", {}))
         return cls(features=feats, train=train, **d)
@@ -62,6 +68,26 @@ class RunConfig:
     def spec(self, n_classes: int) -> CNNSpec:
         return CNNSpec.from_widths(self.widths, kernel_size=self.kernel_size, activations=self.activations,
                                    n_classes=n_classes, n_mels=self.features.n_mels, n_frames=self.features.n_frames)
+
+
+_LOG_FILES: dict[Path, logging.Handler] = {}
+
+
+def _log_to(path: Path) -> None:
+    """Append lcasc's messages (info and up, with times) to ``path``, once per file and process: every
+    invocation on a run directory leaves its account in ``DIR/lcasc.log``."""
+    if path not in _LOG_FILES:
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setLevel(logging.INFO)
+        logger = logging.getLogger("lcasc")
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        _LOG_FILES[path] = handler
+        from lcasc import __version__
+
+        log.info("lcasc %s: %s", __version__, " ".join(sys.argv))
 
 
 # What may differ between two invocations on one run directory without invalidating its results.
@@ -80,7 +106,7 @@ class Run:
                                f"or `lcasc features --out {out}`")
             config = RunConfig.from_dict(yaml.safe_load(saved.read_text()))
         elif saved.is_file():
-            old = yaml.safe_load(saved.read_text())
+            old = RunConfig.from_dict(yaml.safe_load(saved.read_text())).to_dict()
             new = config.to_dict()
             changed = sorted(k for k in set(old) | set(new) if k not in _HARMLESS and old.get(k) != new.get(k))
             if changed:
@@ -89,9 +115,10 @@ class Run:
         config.train.progress = progress
         self.config, self.progress = config, progress
         # Read the dataset's metadata first: a bad dataset must not leave a run directory behind.
-        self._dataset: Dataset = load_dataset(config.dataset, config.layout)
+        self._dataset: Dataset = load_dataset(config.dataset, config.layout, config.validation)
         self._features: FeatureSet | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
+        _log_to(self.dir / "lcasc.log")
         for tmp in self.dir.rglob(".*.tmp"):  # temporary files of writes a killed run left unfinished
             tmp.unlink(missing_ok=True)
         write_yaml(saved, config.to_dict())
@@ -280,25 +307,39 @@ def stage_prune(run: Run, layers: list[str] | None = None, criterion: str = "sim
     va, te = run.split("validate"), run.split("test")
     finetune = replace(run.config.train, threads=1, progress=False,
                        **{k: v for k, v in (("max_epochs", max_epochs), ("patience", patience)) if v is not None})
+    budget = {"max_epochs": finetune.max_epochs, "patience": finetune.patience}
     nets, before = {}, {}
     for combo in layers:
-        name = pruned_name(combo, criterion)
-        nets[name] = prune.prune_network(base.net, {layer: removed_all[layer] for layer in LAYER_SETS[combo]})
-        pruned = CNNClassifier(run.classes, net=nets[name])
+        nets[pruned_name(combo, criterion)] = prune.prune_network(
+            base.net, {layer: removed_all[layer] for layer in LAYER_SETS[combo]})
+    nets[UNPRUNED_FT] = prune.prune_network(base.net, {})  # a copy: nothing removed
+    for name, net in nets.items():
+        pruned = CNNClassifier(run.classes, net=net)
         before[name] = {split: {k: round(v, 6) for k, v in metrics.scores(pruned.predict_proba(fs.X), fs.y,
                                                                           len(run.classes)).items()}
                         for split, fs in (("test", te), ("validate", va))}
+    for name in nets:  # the budget a model in models/<name>/ is (being) fine-tuned with, fixed once
+        saved = read_json(run.model_dir(name) / "finetune.json")
+        if saved is not None and saved != budget and (run.model_dir(name) / "model.pt").is_file():
+            raise RunError(f"{name} was fine-tuned with {saved}, not {budget}; use another run directory, or "
+                           f"delete {run.model_dir(name)} to fine-tune it again")
+        write_json(run.model_dir(name) / "finetune.json", budget)
     todo = [name for name in nets if not (run.model_dir(name) / "model.pt").is_file()]
     if todo:
         finetune_all(run, {name: nets[name] for name in todo}, finetune)
     entries = []
-    for combo in layers:
-        name = pruned_name(combo, criterion)
-        entries.append(stage_evaluate(run, name, {
-            "criterion": criterion, "pruned_layers": combo,
-            "removed": {layer: removed_all[layer] for layer in LAYER_SETS[combo]},
-            "before_finetune": before[name]["test"], "before_finetune_validation": before[name]["validate"],
-            "finetune": {"max_epochs": finetune.max_epochs, "patience": finetune.patience}}))
+    for name in nets:
+        if name == UNPRUNED_FT:
+            extra = {"control": "unpruned network fine-tuned with the pruned networks' recipe and budget"}
+        else:
+            combo = name.removeprefix("pruned_").removeprefix(f"{criterion}_")
+            extra = {"criterion": criterion, "pruned_layers": combo,
+                     "removed": {layer: removed_all[layer] for layer in LAYER_SETS[combo]}}
+        entry = stage_evaluate(run, name, {
+            **extra, "before_finetune": before[name]["test"], "before_finetune_validation": before[name]["validate"],
+            "finetune": budget})
+        if name != UNPRUNED_FT:
+            entries.append(entry)
     plots.pruning_effect(entries, run.figure(f"pruning_{criterion}.png"), criterion)
     return entries
 
@@ -362,8 +403,24 @@ def int8_available() -> bool:
 def calibration_features(run: Run, n: int = 500) -> np.ndarray:
     """(n, 40, 51) training features that calibrate INT8 activation ranges: a random subset, fixed by the seed."""
     tr = run.split("train")
+    if n > len(tr):
+        log.warning("calibration: %d segments asked for, the training split has %d; using all of them", n, len(tr))
     rng = np.random.default_rng(run.config.train.seed)
     return tr.X[np.sort(rng.choice(len(tr), min(n, len(tr)), replace=False))]
+
+
+def checked_against_litert(run: Run, tflite: Path) -> dict:
+    """The check that matters for an INT8 file (EXPORT-NOTES): TFLM's kernels against LiteRT's reference
+    kernels, per operator, on 100 validation clips. A file off by more than one int8 step is deleted (never
+    left for a later stage to trust) and the run stops."""
+    from lcasc import quantize
+
+    agreement = quantize.compare_tflm_litert(tflite, run.split("validate").X[:100])
+    if agreement["kernel_max_step_diff"] > 1:
+        tflite.unlink()
+        raise RunError(f"{tflite}: TensorFlow Lite Micro differs from the LiteRT reference kernels by "
+                       f"{agreement['kernel_max_step_diff']} quantization steps; the file is not usable")
+    return agreement
 
 
 def stage_quantize(run: Run, names: list[str] | None = None, calibration_segments: int = 500) -> list[dict]:
@@ -385,13 +442,13 @@ def stage_quantize(run: Run, names: list[str] | None = None, calibration_segment
             continue
         clf = CNNClassifier.load(folder)
         if not tflite.is_file():
-            quantize.export_tflite_int8(clf.net, calibration, tflite)
+            quantize.export_tflite_int8(clf.net, calibration, tflite, max_samples=len(calibration))
         if not (folder / "model_int8.onnx").is_file():
             quantize.export_onnx(clf.net, folder / "model.onnx")
-            quantize.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", calibration)
+            quantize.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", calibration,
+                                        max_samples=len(calibration))
         int8 = quantize.TFLiteMicroClassifier(tflite, run.classes)
-        # The check that matters (EXPORT-NOTES): TFLM's kernels against LiteRT's reference kernels, per op.
-        agreement = quantize.compare_tflm_litert(tflite, run.split("test").X[:100])
+        agreement = checked_against_litert(run, tflite)
         entry = {"name": f"{name}_int8", "kind": "cnn", "precision": "int8", "widths": net_entry["widths"],
                  **evaluate_classifier(run, int8, f"{name}_int8", figure=False),
                  "params": net_entry["params"], "macs": net_entry["macs"], "size_kb": net_entry["size_kb"],
@@ -401,12 +458,9 @@ def stage_quantize(run: Run, names: list[str] | None = None, calibration_segment
                  "onnx_bytes": (folder / "model.onnx").stat().st_size,
                  "onnx_int8_bytes": (folder / "model_int8.onnx").stat().st_size,
                  "tflm_vs_litert_max_step_diff": agreement["kernel_max_step_diff"],
+                 "calibration_segments": len(calibration),
                  "float_accuracy": net_entry["accuracy"], "float_log_loss": net_entry["log_loss"],
-                 **{k: net_entry[k] for k in ("criterion", "pruned_layers") if k in net_entry}}
-        if agreement["kernel_max_step_diff"] > 1:
-            tflite.unlink()  # never leave a file behind that a later stage would trust
-            raise RunError(f"{tflite}: TensorFlow Lite Micro differs from the LiteRT reference kernels by "
-                           f"{agreement['kernel_max_step_diff']} quantization steps; the file is not usable")
+                 **{k: net_entry[k] for k in ("criterion", "pruned_layers", "control") if k in net_entry}}
         run.record("networks", entry)
         log.info("int8: %s accuracy %.3f (float %.3f), %d bytes, arena %d bytes", name, entry["accuracy"],
                  net_entry["accuracy"], entry["file_bytes"], entry["arena_bytes"])
@@ -583,9 +637,15 @@ def stage_similarity(run: Run, layers: tuple[str, ...] = ("C1", "C2", "C3"), cli
              and (n["name"] == UNPRUNED or n.get("criterion") == "similarity")]
     if len(names) < 2:
         raise RunError("the similarity analysis needs at least two networks: run `lcasc prune` first")
+    settings = {"networks": names, "layers": list(layers), "clips": clips, "threshold": threshold}
+    summary = read_json(run.dir / "similarity.json")
+    if summary is not None and summary.get("settings") == settings:
+        log.info("similarity: already computed for these networks and settings (similarity.json)")
+        return summary
     nets, kept = _networks_with_kept(run, names)
     summary = similarity.analyse(nets, kept, run.split("validate").X, tuple(layers), threshold,
                                  run.dir / "figures", clips, seed=run.config.train.seed)
+    summary["settings"] = settings
     write_json(run.dir / "similarity.json", summary)
     counts = {layer: len(res["shared"]) for layer, res in summary["layers"].items()}
     run.update_results(similarity={"file": "similarity.json", "threshold": threshold,
@@ -652,6 +712,7 @@ def stage_fuse(run: Run, threshold: float = 1e-4, members: list[str] | None = No
     from lcasc import quantize
 
     quantize.export_keras_int8(fusing.fused_keras_mirror(module), module.spec, calibration_features(run), tflite)
+    agreement = checked_against_litert(run, tflite)
     int8 = quantize.TFLiteMicroClassifier(tflite, run.classes)
     float_entry = entries[0]
     entry = {**{k: float_entry[k] for k in ("kind", "fused", "threshold", "members", "params", "macs", "size_kb",
@@ -660,6 +721,7 @@ def stage_fuse(run: Run, threshold: float = 1e-4, members: list[str] | None = No
              **evaluate_classifier(run, int8, f"{FUSED}_int8", figure=False),
              "file": str(tflite.relative_to(run.dir)), "file_bytes": tflite.stat().st_size,
              "arena_bytes": int8.arena_size - quantize.ARENA_MARGIN,
+             "tflm_vs_litert_max_step_diff": agreement["kernel_max_step_diff"],
              "float_accuracy": float_entry["accuracy"], "float_log_loss": float_entry["log_loss"]}
     run.record("ensembles", entry)
     log.info("fused ensemble INT8: accuracy %.3f (float %.3f), %d bytes, arena %d bytes", entry["accuracy"],

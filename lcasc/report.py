@@ -33,6 +33,12 @@ def write(run) -> str:
                   "", f"Silent segments left out (RMS below {run.config.silence_db} dBFS): "
                       f"{data.get('silent_segments_dropped', 0)}. Files skipped: {data.get('skipped_files', 0)}; "
                       f"metadata rows skipped: {data.get('skipped_rows', 0)} (see `features/summary.json`).", ""]
+        if data.get("protocol"):
+            parts += [f"Protocol: {data['protocol']}.", ""]
+        if data.get("split_aliases"):
+            parts += ["**The validation split is the test split** (`split_aliases`): checkpoints, ensemble subsets "
+                      "and baseline settings were chosen on the clips the test numbers are computed on, so those "
+                      "numbers are optimistic.", ""]
     parts += ["## Networks", "",
               f"Accuracy, class-averaged accuracy and log-loss on the test split (1-second segments); "
               f"DCASE limits: {DCASE_MAX_PARAMS:,} parameters, {DCASE_MAX_MACS / 1e6:.0f} M MACs.", ""]
@@ -75,6 +81,7 @@ def _pruning_section(run, res: dict) -> list[str]:
     """Paper Table 2 and Figure 3 analogues, one table per pruning criterion."""
     nets = [n for n in res["networks"] if n.get("precision") == "float32"]
     base = next((n for n in nets if n["name"] == "unpruned"), None)
+    control = next((n for n in nets if n["name"] == "unpruned_ft"), None)
     criteria = sorted({n["criterion"] for n in nets if "criterion" in n}, key=lambda c: c != "similarity")
     out = []
     for crit in criteria:
@@ -87,9 +94,13 @@ def _pruning_section(run, res: dict) -> list[str]:
                   f"{n['macs']:,}", _pct(n["accuracy"]), f"{n['log_loss']:.3f}",
                   _pct(n["before_finetune"]["accuracy"]) if "before_finetune" in n else "–",
                   f"{n['before_finetune']['log_loss']:.3f}" if "before_finetune" in n else "–"]
-                 for n in ([base] if base else []) + rows]
+                 for n in [n for n in (base, control) if n] + rows]
         out += [_table(["network", "pruned layers", "widths", "params", "size (KB)", "MACs", "accuracy %",
                         "log-loss", "acc % before fine-tuning", "log-loss before fine-tuning"], table), ""]
+        if control:
+            out += ["`unpruned_ft` is the control: the unpruned network fine-tuned with the same recipe and budget "
+                    "as the pruned ones. A pruned network that beats `unpruned` but not `unpruned_ft` owes its "
+                    "gain to the extra training, not to pruning.", ""]
         out.append(_figure(run, f"pruning_{crit}.png", f"Figure 3 analogue ({crit})"))
     return out
 

@@ -16,6 +16,23 @@ from lcasc.data.datasets import EMBEDDED
 ESC10 = EMBEDDED.parent
 
 
+# Optional extras whose tests skip locally (with the reason and the install command) when they are missing.
+# CI sets LCASC_REQUIRE_EXTRAS=1: there a missing extra fails the run instead, so a green CI always means the
+# INT8, ONNX, Ray and librosa-oracle tests ran.
+EXTRAS = {"tensorflow": "lcasc[tflite]", "tflite_micro": "lcasc[tflite]", "onnx": "lcasc[tflite]",
+          "onnxruntime": "lcasc[tflite]", "ray": "lcasc[ray]", "librosa": "librosa (the features' test oracle)"}
+
+
+def pytest_configure(config):
+    import importlib.util
+    import os
+
+    missing = [f"{m} ({extra})" for m, extra in EXTRAS.items() if importlib.util.find_spec(m) is None]
+    if os.environ.get("LCASC_REQUIRE_EXTRAS") == "1" and missing:
+        raise pytest.UsageError("LCASC_REQUIRE_EXTRAS=1 but these packages are missing, so their tests would "
+                                "be skipped: " + ", ".join(missing))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets a feature cache of its own unless it passes one explicitly."""
@@ -51,7 +68,7 @@ def make_tau22(root: Path, classes=("dog_bark", "rain", "rooster"), per_split: i
                     dev = devices[(k + seg) % 3]
                     name = f"audio/{label}-city{k}-{k}{split[:2]}-{seg}-{dev}.wav"
                     sf.write(root / name, x[seg * 44100:(seg + 1) * 44100], 44100, subtype="PCM_24")
-                    meta.append((name, label, f"city{k}-{k}{split[:2]}", dev))
+                    meta.append((name, label, f"{label}-city{k}-{split[:2]}", dev))  # location, as TAU's
                     folds["train" if split == "train" else "evaluate"].append((name, label))
                     if split == "test":
                         folds["test"].append((name,))

@@ -130,7 +130,11 @@ def test_dlsi_moves_nearly_identical_atoms_to_the_shared_dictionary():
 
 def test_vggish_complexity_matches_method_notes():
     c = count(VGGish(10), (1, 1, 40, 51))
-    assert c.params == 4_566_666  # "about 4.5 M"
+    # Written out from the published VGGish: six 3x3 convolutions 1-64-128-256-256-512-512 (weights + biases),
+    # then our head 512 -> 128 -> 10 classes; METHOD-NOTES: "about 4.5 M".
+    convs = [(1, 64), (64, 128), (128, 256), (256, 256), (256, 512), (512, 512)]
+    head = (512 * 128 + 128) + (128 * 10 + 10)
+    assert c.params == sum(9 * i * o + o for i, o in convs) + head
     assert abs(c.macs - 1_077e6) / 1_077e6 < 0.01  # METHOD-NOTES: 1,077 M MACs
 
 
@@ -179,6 +183,22 @@ def test_vggish_classifier_trains_briefly(tmp_path):
     assert P.shape == (4, 4)
     np.testing.assert_allclose(P.sum(axis=1), 1, atol=1e-6)
     assert [h[0] for h in clf.history_] == [1, 2] and all(np.isfinite(h[2]) for h in clf.history_)
+
+
+def test_vggish_refit_with_other_weights_starts_over_instead_of_resuming(tmp_path):
+    """A second fit in the same workdir with other settings (here: published weights) must train from those
+    weights, not resume the first fit's checkpoint under the new label."""
+    (X, y), (Xv, yv) = spectral_data(3, 0), spectral_data(1, 1)
+    path, work = tmp_path / "vggish.pth", tmp_path / "work"
+    state = port_state(VGGish(4))
+    torch.save(state, path)
+    first = VGGishClassifier(CLASSES, max_epochs=2, batch_size=6, workdir=work).fit(X, y, Xv, yv)
+    assert (work / "last.ckpt").is_file()
+    second = VGGishClassifier(CLASSES, weights_path=path, max_epochs=2, batch_size=6, workdir=work).fit(X, y, Xv, yv)
+    port = state["features.0.weight"]
+    # Four Adam steps at lr 1e-3 move weights of size ~1 by < 0.01: the second fit started from the port's.
+    torch.testing.assert_close(second.model_.net.features[0].weight.detach(), port, atol=0.02, rtol=0)
+    assert (first.model_.net.features[0].weight.detach() - port).abs().max() > 0.5
 
 
 def _cnn():

@@ -29,12 +29,16 @@ def test_run_writes_the_run_directory_and_resumes(tmp_path):
         "name": "unpruned", "precision": "float32", "widths": "16-16-32-100", "params": 14886,
         "macs": 5404520, "size_kb": 18.59}
     assert 0 <= net["accuracy"] <= 1 and 0 <= net["class_avg_accuracy"] <= 1 and net["log_loss"] > 0
-    assert res["ensembles"] == [] or isinstance(res["ensembles"], list)
+    ensembles = {e["name"] for e in res["ensembles"]}
+    assert {"ensemble_all", "ensemble_best_budget"} <= ensembles and "unpruned_ft" in {n["name"] for n in
+                                                                                    res["networks"]}
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["train"]["max_epochs"] == 2 and cfg["train"]["seed"] == 1 and cfg["features"]["n_mels"] == 40
     assert (out / "models" / "unpruned" / "model.pt").is_file()
     assert (out / "models" / "unpruned" / "train_log.csv").read_text().count("\n") == 3
     assert (out / "figures" / "confusion_unpruned.png").read_bytes()[:4] == b"\x89PNG"
+    log = (out / "lcasc.log").read_text()  # the run's own account, at info level although -q was given
+    assert "lcasc 0.1.0:" in log and "stage features done" in log and "stage baselines done" in log
     report = (out / "report.md").read_text()
     assert "| unpruned | float32 | 16-16-32-100 | 14,886 | 18.59 | 5,404,520 |" in report
     # the same command again finishes from what is there, with the same numbers
@@ -51,8 +55,10 @@ def test_stage_commands_one_by_one_on_tau22_layout(tmp_path):
     out = tmp_path / "run"
     lcasc("features", "--dataset", str(root), "--out", str(out), "--max-epochs", "1", "--silence-db", "nan")
     summary = json.loads((out / "features" / "summary.json").read_text())
-    assert summary["layout"] == "tau22" and summary["segments"]["train"] == 12
-    assert summary["segments"]["test"] == summary["segments"]["validate"]  # dev set: test = evaluate clips
+    # holdout: 2 of each class's 4 fold1_train clips (one location) validate; fold1_evaluate is the test split
+    assert summary["layout"] == "tau22" and summary["segments"]["train"] == 6
+    assert summary["segments"]["validate"] == 6 and summary["segments"]["test"] == 24
+    assert "holdout" in summary["protocol"] and summary["split_aliases"] == {}
     lcasc("train", "--run", str(out))
     ev = json.loads(lcasc("evaluate", "--run", str(out)).stdout)
     assert ev["name"] == "unpruned"
@@ -101,6 +107,15 @@ def test_changed_settings_on_an_existing_run_are_refused(tmp_path):
     lcasc("features", "--dataset", str(csv_path), "--out", str(tmp_path / "r"))
     out = lcasc("features", "--dataset", str(csv_path), "--out", str(tmp_path / "r"), "--seed", "7", check=False)
     assert out.returncode == 2 and "different settings (train)" in out.stderr
+
+
+def test_version_and_quiet_after_the_command():
+    from lcasc import __version__
+
+    assert lcasc("--version").stdout.strip() == f"lcasc {__version__}"
+    out = subprocess.run([sys.executable, "-m", "lcasc", "complexity", "--widths", "16-16-32-100", "--json", "-q"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and json.loads(out.stdout)["params"] == 14886, out.stderr
 
 
 def test_help_explains_every_command():

@@ -13,8 +13,39 @@ def test_tau22_layout_reads_splits_labels_and_devices(tmp_path):
     assert ds.classes == ["dog_bark", "rain", "rooster"]
     assert {r.device for r in ds.recordings} == {"a", "b", "s1"}
     test = ds.split("test")
-    assert test and all(r.label in ds.classes for r in test)  # labels of fold1_test come from meta.csv
-    assert len(ds.split("train")) == 12
+    assert test and all(r.label in ds.classes for r in test)
+    assert "holdout" in ds.summary()["protocol"] and ds.aliases == {}
+
+
+def _rows(path):
+    lines = path.read_text().splitlines()[1:]
+    return {line.split("\t")[0]: line.split("\t")[1:] for line in lines}
+
+
+def test_tau22_holdout_validates_on_held_out_locations_of_fold1_train_and_tests_on_fold1_evaluate(tmp_path):
+    root = make_tau22(tmp_path / "tau", per_split=3)
+    ds = load_dataset(root, "tau22")
+    train_list, evaluate_list = _rows(root / "evaluation_setup" / "fold1_train.csv"), _rows(
+        root / "evaluation_setup" / "fold1_evaluate.csv")
+    names = {s: {r.name for r in ds.split(s)} for s in ("train", "validate", "test")}
+    assert names["train"] | names["validate"] == set(train_list) and not names["train"] & names["validate"]
+    assert names["test"] == set(evaluate_list)
+    location = {n: meta[1] for n, meta in _rows(root / "meta.csv").items()}
+    assert not {location[n] for n in names["train"]} & {location[n] for n in names["validate"]}
+    for label in ds.classes:  # about 30 % of every class (whole locations of 2 clips: 2 of 6)
+        held = sum(r.label == label for r in ds.split("validate"))
+        assert held == 2, (label, held)
+    again = load_dataset(root, "tau22")  # the same split every time (a property of the dataset)
+    assert [(r.name, r.split) for r in again.recordings] == [(r.name, r.split) for r in ds.recordings]
+
+
+def test_tau22_evaluate_protocol_validates_on_the_test_clips_and_says_so(tmp_path):
+    root = make_tau22(tmp_path / "tau")
+    ds = load_dataset(root, "tau22", validation="evaluate")
+    assert ds.aliases == {"test": "validate"} and "also the test split" in ds.protocol
+    assert len(ds.split("train")) == 12 and ds.split("test") == ds.split("validate")
+    with pytest.raises(DatasetError, match="validation protocol"):
+        load_dataset(root, "tau22", validation="test")
 
 
 def test_folder_layout_assigns_each_recording_to_one_stable_split(tmp_path):

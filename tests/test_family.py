@@ -122,7 +122,11 @@ def test_run_includes_the_cheap_baselines_and_refits_on_request(run_dir):
     assert out.stdout.count("acc") == 2
     after = {n["name"]: n for n in results(run_dir)["networks"] if n["kind"] == "baseline"}
     assert after["gmm"]["fit_seconds"] == before["gmm"]["fit_seconds"]
+    fits = (run_dir / "lcasc.log").read_text().count("baseline gmm:")  # one line per fit, in the run's log
+    lcasc_cli("baselines", "--run", str(run_dir), "--only", "gmm", "rf")
+    assert (run_dir / "lcasc.log").read_text().count("baseline gmm:") == fits  # kept, not fitted again
     lcasc_cli("baselines", "--run", str(run_dir), "--only", "gmm", "--refit")
+    assert (run_dir / "lcasc.log").read_text().count("baseline gmm:") == fits + 1
     refit = {n["name"]: n for n in results(run_dir)["networks"] if n["kind"] == "baseline"}
     assert refit["gmm"]["accuracy"] == before["gmm"]["accuracy"]  # same seed, same model
 
@@ -136,14 +140,16 @@ def test_run_writes_int8_files_that_tflite_micro_runs(run_dir):
     nets = {n["name"]: n for n in res["networks"]}
     floats = [n for n in nets.values() if n["kind"] == "cnn" and n["precision"] == "float32"
               and n.get("criterion", "similarity") == "similarity"]  # other tests add l1-pruned networks
-    assert len(floats) == 7
-    te = Run(run_dir, progress=False).split("test")
+    assert len(floats) == 8  # unpruned, the control unpruned_ft and the six pruned networks
+    run = Run(run_dir, progress=False)
+    te, n_train = run.split("test"), len(run.split("train"))
     X, y = te.X, te.y
     for f in floats:
         q = nets[f"{f['name']}_int8"]
         path = run_dir / q["file"]
         assert path.is_file() and q["file_bytes"] == path.stat().st_size and q["size_kb"] == f["size_kb"]
         assert 20_000 < q["arena_bytes"] < 200_000 and q["tflm_vs_litert_max_step_diff"] <= 1
+        assert q["calibration_segments"] == min(500, n_train)
         assert fixed_qparam_violations(path) == []
         probs = TFLiteMicroClassifier(path, res["classes"], arena_size=q["arena_bytes"] + 256).predict_proba(X)
         assert np.isclose((probs.argmax(1) == y).mean(), q["accuracy"], atol=1e-6)
@@ -151,6 +157,31 @@ def test_run_writes_int8_files_that_tflite_micro_runs(run_dir):
     ens = {e["name"]: e for e in res["ensembles"]}
     assert ens["ensemble_all_int8"]["precision"] == "int8" and len(ens["ensemble_all_int8"]["members"]) == 6
     assert "INT8 (full-integer TFLite" in (run_dir / "report.md").read_text()
+
+
+def test_unpruned_ft_is_the_fine_tuning_control_in_table2(run_dir):
+    nets = {n["name"]: n for n in results(run_dir)["networks"]}
+    ft, base = nets["unpruned_ft"], nets["unpruned"]
+    assert ft["widths"] == base["widths"] and ft["params"] == base["params"] and "criterion" not in ft
+    assert ft["finetune"] == nets["pruned_C1"]["finetune"]  # the same recipe and budget as the pruned ones
+    assert ft["before_finetune"] == {k: round(base[k], 6) for k in ("accuracy", "class_avg_accuracy", "log_loss")}
+    report = (run_dir / "report.md").read_text()
+    assert "| unpruned_ft |" in report and "owes its gain to the extra training" in report
+    assert "unpruned_ft" not in {m for e in results(run_dir)["ensembles"] if e["name"] == "ensemble_all"
+                                 for m in e["members"]}  # Table 3 stays the paper's six
+
+
+def test_prune_refuses_another_budget_on_fine_tuned_networks(run_dir):
+    out = lcasc_cli("prune", "--run", str(run_dir), "--max-epochs", "7", check=False)
+    assert out.returncode == 2 and "was fine-tuned with" in out.stderr and "max_epochs" in out.stderr
+    assert json.loads((run_dir / "models" / "pruned_C1" / "finetune.json").read_text())["max_epochs"] == 3
+
+
+def test_similarity_is_not_recomputed_on_a_rerun(run_dir):
+    before = (run_dir / "similarity.json").stat().st_mtime_ns
+    lcasc_cli("similarity", "--run", str(run_dir))
+    assert (run_dir / "similarity.json").stat().st_mtime_ns == before
+    assert "similarity: already computed" in (run_dir / "lcasc.log").read_text()
 
 
 def test_run_analyses_feature_map_similarity_and_builds_the_fused_ensemble(run_dir):

@@ -73,3 +73,22 @@ def test_segments_remember_their_recording_and_split():
         assert len(set(fs.split[fs.recording == r])) == 1
         assert sorted(fs.segment[fs.recording == r]) == list(range((fs.recording == r).sum()))
     assert np.median(np.bincount(fs.recording)) == 5  # ESC-10 clips are about 5 s long
+
+
+def test_sample_rate_setting_decodes_and_segments_at_that_rate(tmp_path):
+    """FeatureParams.sample_rate is honoured end to end: audio resampled to it, 1-s segments of that many
+    samples, frames from it, the mel bank up to fmax (<= rate / 2)."""
+    ds = load_csv(make_csv_dataset(tmp_path, 1, classes=("rain",)))
+    params = FeatureParams(sample_rate=22_050, fmax=11_025.0)
+    fs, problems = extract(ds, params, tmp_path / "cache", progress=False)
+    default, _ = extract(ds, FeatureParams(), tmp_path / "cache", progress=False)
+    assert not problems and params.n_frames == 26
+    assert fs.X.shape[1:] == (40, 26) and default.X.shape[1:] == (40, 51)
+    assert len(fs) == len(default)  # the same seconds of audio, at another rate
+    x = audio.load(real_clips(1)[0][0], 22_050)
+    assert audio.segment(x, sample_rate=22_050).shape[1] == 22_050
+    first = min(ds.recordings, key=lambda r: r.name).path  # features are stored in name order
+    expected = logmel(audio.segment(audio.load(first, 22_050), sample_rate=22_050)[:1], params)[0]
+    np.testing.assert_allclose(fs.X[0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="fmax"):
+        FeatureParams(sample_rate=16_000)  # fmax 22,050 Hz is above the Nyquist frequency of 16 kHz

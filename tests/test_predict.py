@@ -47,7 +47,7 @@ def run_dir(tmp_path_factory):
                "baselines") == 0
     assert cli("prune", "--run", str(out), "--layers", "C1", "--max-epochs", "1") == 0
     if HAS_INT8:
-        assert cli("quantize", "--run", str(out), "--models", "unpruned", "pruned_C1") == 0
+        assert cli("quantize", "--run", str(out), "--models", "unpruned", "pruned_C1", "unpruned_ft") == 0
     assert cli("ensemble", "--run", str(out), "--members", "unpruned", "pruned_C1") == 0
     return out
 
@@ -203,6 +203,11 @@ def test_backend_flag_on_the_command_line(run_dir, clip_dir, capsys):
                    str(clip_dir / "two.flac")) == 0
         scenes[backend] = json.loads(capsys.readouterr().out)[0]["probabilities"]
     assert max(abs(scenes["torch"][k] - scenes["onnx"][k]) for k in scenes["torch"]) < 1e-4
+    # tflite runs the INT8 file: a distribution over the same classes, close to the float network's but not
+    # equal to it (equal would mean the float network ran instead).
+    assert set(scenes["tflite"]) == set(scenes["torch"]) and abs(sum(scenes["tflite"].values()) - 1) < 1e-5
+    int8_diff = max(abs(scenes["torch"][k] - scenes["tflite"][k]) for k in scenes["torch"])
+    assert 0 < int8_diff < 0.15
 
 
 @needs_onnx

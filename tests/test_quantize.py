@@ -202,6 +202,16 @@ def test_arena_bytes_plausible(int8_file):
     assert clf.predict_proba(np.zeros((1, 40, 51), np.float32)).shape == (1, N_CLASSES)
 
 
+def test_calibration_uses_every_segment_asked_for(int8_file, net, data, monkeypatch, tmp_path):
+    """``max_samples`` above the default 500 is honoured (``lcasc quantize --calibration-segments 700``)."""
+    seen = []
+    good = int8_file[0].read_bytes()
+    monkeypatch.setattr(q, "convert_keras", lambda mirror, calibration: seen.append(len(calibration)) or good)
+    q.export_tflite_int8(net, data[0][:700], tmp_path / "a.tflite", max_samples=700)
+    q.export_tflite_int8(net, data[0][:700], tmp_path / "b.tflite")  # default: a fixed subset of 500
+    assert seen == [700, 500]
+
+
 def test_export_leaves_only_the_target(int8_file):
     path, _ = int8_file
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
@@ -209,7 +219,7 @@ def test_export_leaves_only_the_target(int8_file):
 
 def test_failed_export_leaves_nothing(int8_file, net, data, monkeypatch, tmp_path):
     good = int8_file[0].read_bytes()
-    monkeypatch.setattr(q, "_convert", lambda model, calibration: good)
+    monkeypatch.setattr(q, "convert_keras", lambda mirror, calibration: good)  # the converter export calls
 
     def broken(path):
         raise RuntimeError("simulated failure after the temporary file was written")

@@ -2,9 +2,13 @@
 
 Layouts:
 - ``tau22``: TAU Urban Acoustic Scenes 2022 Mobile development set (METHOD-NOTES §1): ``meta.csv`` and
-  ``evaluation_setup/fold1_{train,evaluate,test}.csv``. Train = fold1_train, validate = fold1_evaluate,
-  test = fold1_test with labels from ``meta.csv`` (in the development set fold1_test lists the same clips
-  as fold1_evaluate, so, as in the paper and the DCASE baseline, validation and test coincide).
+  ``evaluation_setup/fold1_{train,evaluate,test}.csv``. Two protocols (``validation``):
+  ``holdout`` (default, as the DCASE 2022 baseline: its ``task1.yaml`` holds out ``validation_amount: 0.3``
+  of fold1_train): validation is 30 % of fold1_train, stratified by class and grouped by recording location
+  (``meta.csv``'s ``identifier``), so no location is in both; training is the rest; the test split is
+  fold1_evaluate (fold1_test lists the same clips without labels). ``evaluate``: the paper's choice,
+  validate on fold1_evaluate, which is also the test split, so every choice made on validation data sees the
+  test clips (``Dataset.aliases`` records ``{"test": "validate"}``).
 - ``folder``: ``root/<class>/**/<audio>``; each recording goes to train/validate/test (70/15/15) by a
   stable hash of its path, so a recording never straddles two splits and reruns agree.
 - ``csv``: ``filename,label,split`` (optional ``device``), paths relative to the CSV file.
@@ -18,6 +22,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +33,9 @@ log = logging.getLogger("lcasc")
 
 SPLITS = ("train", "validate", "test")
 LAYOUTS = ("tau22", "folder", "csv")
+TAU22_PROTOCOLS = ("holdout", "evaluate")  # where a TAU22 run validates; see the module docstring
+HOLDOUT_FRACTION = 0.3  # of fold1_train, as the DCASE 2022 baseline's validation_amount
+HOLDOUT_SEED = 0  # the held-out locations are a property of the dataset, the same for every run seed
 EMBEDDED = Path(__file__).resolve().parent.parent / "_data" / "esc10" / "splits.csv"
 
 
@@ -51,6 +60,7 @@ class Dataset:
     recordings: list[Recording]
     skipped: list[str] = field(default_factory=list)  # one line per skipped row or file
     aliases: dict[str, str] = field(default_factory=dict)  # e.g. TAU22 dev: {"test": "validate"}
+    protocol: str = ""  # how the splits were made, in words (reported with every run)
 
     def split(self, name: str) -> list[Recording]:
         name = self.aliases.get(name, name)
@@ -59,7 +69,7 @@ class Dataset:
     def summary(self) -> dict:
         return {"root": str(self.root), "layout": self.layout, "classes": self.classes,
                 "recordings": {s: len(self.split(s)) for s in SPLITS}, "skipped_rows": len(self.skipped),
-                "split_aliases": self.aliases}
+                "split_aliases": self.aliases, "protocol": self.protocol}
 
 
 def _skip(skipped: list[str], message: str) -> None:
@@ -151,32 +161,73 @@ def _device_from_name(name: str) -> str:
     return Path(name).stem.rsplit("-", 1)[-1]
 
 
-def load_tau22(root: Path) -> Dataset:
+def _location(name: str) -> str:
+    """The recording location of a TAU file name when ``meta.csv`` has no ``identifier`` column:
+    ``airport-lisbon-1000-40000-0-a.wav`` -> ``lisbon-1000``."""
+    parts = Path(name).stem.split("-")
+    return "-".join(parts[1:3]) if len(parts) >= 3 else Path(name).stem
+
+
+def holdout_split(rows: list[tuple[str, str]], groups: dict[str, str], fraction: float = HOLDOUT_FRACTION,
+                  seed: int = HOLDOUT_SEED) -> set[str]:
+    """Names of ``rows`` ((name, label) pairs) held out for validation: about ``fraction`` of each class,
+    whole groups (``groups``: name -> location) at a time, so that no group is on both sides.
+
+    Groups are visited in a seeded random order; a group goes to validation when, for every class it holds,
+    that brings the class's held-out count closer to ``fraction`` of the class than leaving it out would."""
+    members: dict[str, list[tuple[str, str]]] = {}
+    for name, label in rows:
+        members.setdefault(groups[name], []).append((name, label))
+    order = sorted(members)
+    random.Random(seed).shuffle(order)
+    total = Counter(label for _, label in rows)
+    held, out = Counter(), set()
+    for g in order:
+        counts = Counter(label for _, label in members[g])
+        if all(held[c] + n / 2 <= fraction * total[c] for c, n in counts.items()):
+            held.update(counts)
+            out.update(name for name, _ in members[g])
+    return out
+
+
+def load_tau22(root: Path, validation: str = "holdout") -> Dataset:
+    if validation not in TAU22_PROTOCOLS:
+        raise DatasetError(f"unknown validation protocol {validation!r}; choose {' or '.join(TAU22_PROTOCOLS)}")
     setup = root / "evaluation_setup"
     meta = {r["filename"]: r for r in _read_table(root / "meta.csv", ["filename", "scene_label"], "\t")}
     skipped: list[str] = []
-    recordings = []
-    evaluate_names: set[str] = set()
-    test_names: set[str] = set()
-    for split, fname, has_label in (("train", "fold1_train.csv", True), ("validate", "fold1_evaluate.csv", True),
-                                    ("test", "fold1_test.csv", False)):
-        rows = _read_table(setup / fname, ["filename", "scene_label"] if has_label else ["filename"], "\t")
-        for row in rows:
+    rows: dict[str, list[tuple[str, str]]] = {}
+    for fold, fname, has_label in (("train", "fold1_train.csv", True), ("evaluate", "fold1_evaluate.csv", True),
+                                   ("test", "fold1_test.csv", False)):
+        rows[fold] = []
+        for row in _read_table(setup / fname, ["filename", "scene_label"] if has_label else ["filename"], "\t"):
             name = row["filename"]
-            if split == "validate":
-                evaluate_names.add(name)
-            elif split == "test":
-                test_names.add(name)
-                if name in evaluate_names:
-                    continue  # the development set tests on its evaluate clips: one copy, two roles
             label = row.get("scene_label") or (meta[name]["scene_label"] if name in meta else None)
             if label is None:
                 _skip(skipped, f"{name}: in {fname} but not in meta.csv, so it has no label")
                 continue
-            recordings.append(Recording(root / name, name, label, split, _device_from_name(name)))
+            rows[fold].append((name, label))
+    evaluate_names = {n for n, _ in rows["evaluate"]}
+    # The development set's fold1_test lists the fold1_evaluate clips without labels: one copy, one role.
+    test_rows = rows["evaluate"] + [(n, lab) for n, lab in rows["test"] if n not in evaluate_names]
+    if validation == "holdout":
+        groups = {n: (meta.get(n, {}).get("identifier") or _location(n)) for n, _ in rows["train"]}
+        held = holdout_split(rows["train"], groups)
+        splits = [("train", [r for r in rows["train"] if r[0] not in held]),
+                  ("validate", [r for r in rows["train"] if r[0] in held]), ("test", test_rows)]
+        protocol = (f"tau22 holdout: train and validation from fold1_train ({HOLDOUT_FRACTION:.0%} held out, "
+                    "stratified by class, grouped by recording location), test on fold1_evaluate")
+    else:
+        splits = [("train", rows["train"]), ("validate", rows["evaluate"]),
+                  ("test", [r for r in rows["test"] if r[0] not in evaluate_names])]
+        protocol = ("tau22 evaluate (the paper's choice): train on fold1_train, validate on fold1_evaluate, "
+                    "which is also the test split")
+    recordings = [Recording(root / name, name, label, split, _device_from_name(name))
+                  for split, pairs in splits for name, label in pairs]
     ds = _finish(root, "tau22", recordings, skipped)
-    if test_names and test_names <= evaluate_names:
+    if validation == "evaluate" and {n for n, _ in rows["test"]} <= evaluate_names:
         ds.aliases["test"] = "validate"
+    ds.protocol = protocol
     return ds
 
 
@@ -194,7 +245,9 @@ def load_folder(root: Path) -> Dataset:
                 recordings.append(Recording(f, name, class_dir.name, _hash_split(name)))
     if not recordings:
         raise DatasetError(f"{root}: no audio files found in class folders (expected {root}/<class>/<file>.wav)")
-    return _finish(root, "folder", recordings, [])
+    ds = _finish(root, "folder", recordings, [])
+    ds.protocol = "folder: each recording in train/validate/test (70/15/15) by a stable hash of its path"
+    return ds
 
 
 def load_csv(path: Path) -> Dataset:
@@ -220,7 +273,9 @@ def load_csv(path: Path) -> Dataset:
             _skip(skipped, f"{name}: no label ({path.name} line {row[LINE]})")
             continue
         recordings.append(Recording(root / name, name, label, split, row.get("device") or "-"))
-    return _finish(root, "csv", recordings, skipped)
+    ds = _finish(root, "csv", recordings, skipped)
+    ds.protocol = f"csv: the splits listed in {path.name}"
+    return ds
 
 
 def detect_layout(path: Path) -> str:
@@ -235,15 +290,16 @@ def detect_layout(path: Path) -> str:
     raise DatasetError(f"{path}: cannot tell the layout; pass --layout tau22|folder|csv")
 
 
-def load_dataset(path: str | Path | None = None, layout: str | None = None) -> Dataset:
-    """Load a dataset; ``path=None`` gives the embedded ESC-10 default. ``layout`` is detected if omitted."""
+def load_dataset(path: str | Path | None = None, layout: str | None = None, validation: str = "holdout") -> Dataset:
+    """Load a dataset; ``path=None`` gives the embedded ESC-10 default. ``layout`` is detected if omitted.
+    ``validation`` picks the TAU22 protocol (:data:`TAU22_PROTOCOLS`); other layouts name their splits."""
     if path is None:
         return default_dataset()
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise DatasetError(f"{path}: dataset path does not exist")
     layout = layout or detect_layout(path)
-    loaders = {"tau22": load_tau22, "folder": load_folder, "csv": load_csv}
+    loaders = {"tau22": lambda p: load_tau22(p, validation), "folder": load_folder, "csv": load_csv}
     if layout not in loaders:
         raise DatasetError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     return loaders[layout](path)

@@ -8,6 +8,7 @@ C1 conv + BN + act -> C2 conv + BN + act -> P1 avg-pool 5x5 -> C3 conv + BN + ac
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -186,9 +187,13 @@ class CNNClassifier:
         folder = Path(folder)
         write_json(folder / "spec.json", {"spec": self.spec.to_dict(), "widths": self.spec.widths,
                                           "classes": self.classes})
+        # Saved through memory so that the archive's inner name is fixed ("archive", not the temporary file's
+        # random name): the same network gives the same bytes.
+        buffer = io.BytesIO()
+        torch.save({"spec": self.spec.to_dict(), "classes": self.classes, "state_dict": self.net.state_dict()},
+                   buffer)
         with atomic_path(folder / "model.pt") as tmp:
-            torch.save({"spec": self.spec.to_dict(), "classes": self.classes,
-                        "state_dict": self.net.state_dict()}, tmp)
+            Path(tmp).write_bytes(buffer.getvalue())
 
     @classmethod
     def load(cls, folder) -> CNNClassifier:

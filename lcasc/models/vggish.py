@@ -96,6 +96,19 @@ class _Standardized(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
+def _start_over_unless_same(workdir: Path, settings: dict) -> None:
+    """Resume a training in ``workdir`` only when it was started with the same ``settings``: a refit with
+    other weights (or epochs, seed...) must not continue the old checkpoint under the new name."""
+    from lcasc.io import read_json, write_json
+
+    path = workdir / "settings.json"
+    if read_json(path) != settings:
+        for name in ("last.ckpt", "best.ckpt", "train_log.csv"):
+            (workdir / name).unlink(missing_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json(path, settings)
+
+
 class VGGishClassifier(ClassifierMixin, BaseEstimator):
     """:class:`VGGish` behind the classifier interface, trained end-to-end.
 
@@ -140,7 +153,10 @@ class VGGishClassifier(ClassifierMixin, BaseEstimator):
             X_val, y_val = X, y
         config = TrainConfig(max_epochs=self.max_epochs, patience=self.patience, batch_size=self.batch_size,
                              lr=self.lr, seed=self.seed, progress=False)
-        workdir = self.workdir or tempfile.mkdtemp(prefix="lcasc-vggish-")
+        workdir = Path(self.workdir or tempfile.mkdtemp(prefix="lcasc-vggish-"))
+        _start_over_unless_same(workdir, {**self.get_params(), "classes": list(self.classes),
+                                          "weights_path": None if self.weights_path is None else str(self.weights_path),
+                                          "workdir": None, "n_train": len(X)})
         self.model_, history = fit(_Standardized(net, self.mean_, self.std_), X, y, X_val, y_val, config, workdir)
         self.history_ = [(h["epoch"] + 1, h["train_loss"], h["val_log_loss"]) for h in history]
         return self
