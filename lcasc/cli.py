@@ -222,6 +222,12 @@ def cmd_predict(args) -> int:
             else:
                 result.name = names.get(result.name, result.name)  # a dataset's files as its list names them
                 preds.append(result)
+    if failed and args.format == "dcase" and not args.allow_missing:
+        # A challenge submission needs a row for every listed file: refuse rather than hand in a partial one.
+        print(f"lcasc: error: {failed} of {len(files)} files could not be read (each listed above); a DCASE "
+              f"submission needs a row for every file, so nothing was written. Fix or remove them, or pass "
+              f"--allow-missing to write the {len(preds)} rows there are", file=sys.stderr)
+        return 1
     text = format_predictions(preds, args.format)
     if args.output:
         from pathlib import Path
@@ -243,7 +249,9 @@ def cmd_predict(args) -> int:
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if failed:
-        print(f"lcasc: {failed} of {len(files)} files could not be read", file=sys.stderr)
+        print(f"lcasc: {failed} of {len(files)} files could not be read" +
+              (f"; {failed} rows are missing from the output (--allow-missing)" if args.format == "dcase" else ""),
+              file=sys.stderr)
     return 0 if preds else 2
 
 
@@ -411,8 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "of any layout lcasc reads); with --format dcase this is a challenge submission file")
     p.add_argument("--run", required=True, metavar="DIR", help="run directory")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--model", metavar="NAME", help="network name (default: lowest validation log-loss)")
-    which.add_argument("--ensemble", metavar="NAME", help="ensemble name from results.json")
+    which.add_argument("--model", metavar="NAME", help="any name of the run's results.json: network, INT8 "
+                                                         "network (NAME_int8), baseline (gmm, rf, mlp, dlsi, "
+                                                         "vggish) or ensemble (default: the network with the "
+                                                         "lowest validation log-loss)")
+    which.add_argument("--ensemble", metavar="NAME", help="ensemble name from results.json; ensemble_fused runs the "
+                                                          "fused module, ensemble_fused_int8 its INT8 file, *_int8 "
+                                                          "ensembles their INT8 members")
     p.add_argument("--backend", choices=["auto", "torch", "onnx", "tflite"], default="auto",
                    help="torch: the float PyTorch model; onnx: ONNX Runtime on models/NAME/model.onnx; tflite: "
                         "the INT8 file models/NAME/model_int8.tflite in TensorFlow Lite Micro; auto: onnx where "
@@ -422,8 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json", "csv", "dcase"], default="table",
                    help="table: scene per file; json: scene, probabilities and per-second probabilities; csv: "
                         "one row per second; dcase: tab-separated filename, scene_label, one probability column "
-                        "per class")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+                        "per class (the DCASE 2022 Task 1 output file); a file that cannot be read is an error "
+                        "(exit 1, nothing written) unless --allow-missing")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="with --format dcase: write the rows of the files that could be read even when others "
+                        "could not (says how many are missing); other formats always skip unreadable files")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output (written "
+                                                          "under a temporary name and renamed when complete)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("baselines", formatter_class=_Formatter, help="the paper's comparison methods",

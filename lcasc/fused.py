@@ -79,17 +79,25 @@ def _mse_lookup(mse: Mapping | None, layer: str):
     return get
 
 
+def _saved_lookup(rows: Sequence) -> object:
+    """(a, b, k) -> 0 when a saved plan (:meth:`FusedEnsemble.sharing_plan` rows of one layer) has member b
+    use map k of representative a, else inf: replays a sharing decided earlier without its MSE."""
+    same = {(int(k), rep, user) for k, rep, users in rows for user in users}
+    return lambda a, b, k: 0.0 if (int(k), a, b) in same else np.inf
+
+
 def plan_sharing(names: list[str], kept: dict[str, dict[str, list[int]]], mse: Mapping | None,
-                 threshold: float) -> dict[str, list[_Group]]:
+                 threshold: float, saved: Mapping | None = None) -> dict[str, list[_Group]]:
     """Layer -> its distinct maps (:class:`_Group`, ``id`` = position in the pool, units contiguous).
 
     ``kept[name][layer]``: original indices of the member's channels; ``mse[layer]``: a
     :func:`lcasc.similarity.feature_map_mse` result (or the same structure) naming the members.
+    ``saved``: a :meth:`FusedEnsemble.sharing_plan` to replay instead of deciding from ``mse``.
     """
     plan: dict[str, list[_Group]] = {}
     prev = {n: (0,) for n in names}  # C1 reads the single log-mel channel
     for layer in LAYERS:
-        get = _mse_lookup(mse, layer)
+        get = _mse_lookup(mse, layer) if saved is None else _saved_lookup(saved[layer])
         groups: list[_Group] = []
         for k in sorted({i for n in names for i in kept[n][layer]}):
             open_k: list[_Group] = []
@@ -167,13 +175,15 @@ class FusedEnsemble(nn.Module):
     ``kept``: per member, layer -> original filter index of each channel (default ``range(width)``).
     ``mse``: layer -> :func:`lcasc.similarity.feature_map_mse` result over these members (keyed by
     ``names``); ``None`` or a missing layer/pair shares nothing there. ``names`` default ``"0"``, ``"1"``...
+    ``plan``: a saved :meth:`sharing_plan` to rebuild a fused ensemble without its MSE (``mse`` unused).
 
     forward: (N, 1, n_mels, n_frames) or (N, n_mels, n_frames) log-mel -> (N, n_classes) mean of the
     members' softmax probabilities. Always in eval mode (BatchNorm uses its running statistics).
     """
 
     def __init__(self, members: Sequence[LowComplexityCNN], kept: Sequence[Mapping[str, Sequence[int]] | None] | None,
-                 mse: Mapping | None, threshold: float = DEFAULT_THRESHOLD, names: Sequence[str] | None = None):
+                 mse: Mapping | None, threshold: float = DEFAULT_THRESHOLD, names: Sequence[str] | None = None,
+                 plan: Mapping | None = None):
         super().__init__()
         members = list(members)
         if not members:
@@ -196,7 +206,9 @@ class FusedEnsemble(nn.Module):
                 self.kept[n][layer] = idx
         self.spec = members[0].spec
         self.threshold = float(threshold)
-        self.plan = plan_sharing(self.names, self.kept, mse, self.threshold)
+        self.plan = plan_sharing(self.names, self.kept, mse, self.threshold, plan)
+        if plan is not None and self.sharing_plan() != {layer: [list(r) for r in plan[layer]] for layer in LAYERS}:
+            raise ValueError("the saved sharing plan does not fit these members")
         by_name = dict(zip(self.names, members))
 
         spec, k = self.spec, self.spec.kernel_size
@@ -257,6 +269,11 @@ class FusedEnsemble(nn.Module):
             out[layer] = {"member_maps": sum(len(g.users) for g in groups), "distinct_maps": len(groups),
                           "shared": [[g.index, g.rep, list(g.users)] for g in groups if len(g.users) > 1]}
         return out
+
+    def sharing_plan(self) -> dict[str, list[list]]:
+        """Layer -> every distinct map as ``[original index, representative, [users]]`` in pool order (JSON):
+        with the members, their ``kept`` and the threshold it rebuilds this module (``plan=``)."""
+        return {layer: [[g.index, g.rep, list(g.users)] for g in self.plan[layer]] for layer in LAYERS}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, n_mels, n_frames) or (N, n_mels, n_frames) -> (N, n_classes) mean member probabilities."""

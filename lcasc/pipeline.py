@@ -511,14 +511,17 @@ def stage_baselines(run: Run, only: list[str] | None = None, vggish_weights: str
     """Fit every requested baseline on train (choosing hyper-parameters on validation), evaluate on test.
     Baselines already in ``results.json`` are kept unless ``refit``."""
     tr, va = run.split("train"), run.split("validate")
+    from lcasc import saved_models
+
     done = {n["name"]: n for n in run.results()["networks"] if n.get("kind") == "baseline"}
     entries = []
     for kind in only or CHEAP_BASELINES:
-        if kind in done and not refit:
-            entries.append(done[kind])  # fitted by an earlier invocation
+        if kind in done and not refit and saved_models.baseline_path(run.model_dir(kind), kind).is_file():
+            entries.append(done[kind])  # fitted (and saved, so `lcasc predict --model KIND` runs it) earlier
             continue
         t0 = time.perf_counter()
         clf = make_baseline(kind, run, vggish_weights, vggish_epochs).fit(tr.X, tr.y, va.X, va.y)
+        saved_models.save_baseline(run.model_dir(kind), kind, clf)
         entry = {"name": kind, "kind": "baseline", "precision": "float32",
                  **evaluate_classifier(run, clf, kind, figure=False), **_baseline_cost(kind, clf),
                  "best_params": {k: (v.item() if hasattr(v, "item") else v)
@@ -532,12 +535,12 @@ def stage_baselines(run: Run, only: list[str] | None = None, vggish_weights: str
 
 
 def member_classifier(run: Run, entry: dict):
-    """The classifier behind a ``results.json`` network entry (float model or INT8 file)."""
-    if entry.get("precision") == "int8":
-        from lcasc.quantize import TFLiteMicroClassifier
+    """The classifier behind a ``results.json`` network entry (float model in PyTorch or INT8 file in TFLM),
+    from the registry ``lcasc predict`` uses too."""
+    from lcasc.registry import resolve
 
-        return TFLiteMicroClassifier(run.dir / entry["file"], run.classes)
-    return CNNClassifier.load(run.model_dir(entry["name"]))
+    backend = "tflite" if entry.get("precision") == "int8" else "torch"
+    return resolve(run.dir, entry["name"], backend, run.results()).classifier
 
 
 def _cost(entry: dict) -> complexity.Complexity:
@@ -549,6 +552,7 @@ def stage_ensemble(run: Run, members: list[str] | None = None, budget_params: in
     """Paper Table 3 (all members and each leave-one-out subset) for float and INT8 members, and the best
     subset of all networks within a budget, chosen on the validation split and reported on the test split."""
     from lcasc.ensemble import best_subset, paper_table3_subsets
+    from lcasc.registry import mean_probabilities
 
     nets = {n["name"]: n for n in run.results()["networks"] if n.get("kind", "cnn") == "cnn"}
     te, va = run.split("test"), run.split("validate")
@@ -564,8 +568,8 @@ def stage_ensemble(run: Run, members: list[str] | None = None, budget_params: in
 
     def record(name, subset, extra):
         cost = complexity.total([_cost(nets[m]) for m in subset])
-        fields = evaluate_probs(run, name, np.mean([member_probs(m)[0] for m in subset], axis=0),
-                                np.mean([member_probs(m)[1] for m in subset], axis=0), figure=False)
+        fields = evaluate_probs(run, name, mean_probabilities([member_probs(m)[0] for m in subset]),
+                                mean_probabilities([member_probs(m)[1] for m in subset]), figure=False)
         entry = {"name": name, "kind": "ensemble", "members": list(subset),
                  "precision": "/".join(sorted({nets[m]["precision"] for m in subset})), **fields,
                  "params": cost.params, "macs": cost.macs, "size_kb": cost.size_kb,
@@ -672,9 +676,12 @@ def stage_fuse(run: Run, threshold: float = 1e-4, members: list[str] | None = No
                         and n.get("criterion") == "similarity"]
     if len(names) < 2:
         raise RunError("a fused ensemble needs at least two pruned networks: run `lcasc prune` first")
+    from lcasc import saved_models
+
     done = {e["name"]: e for e in run.results()["ensembles"]}
     folder, tflite = run.model_dir(FUSED), run.model_dir(FUSED) / "model_int8.tflite"
-    float_done = FUSED in done and done[FUSED]["members"] == names and done[FUSED]["threshold"] == threshold
+    float_done = (FUSED in done and done[FUSED]["members"] == names and done[FUSED]["threshold"] == threshold
+                  and (folder / saved_models.FUSED_PLAN_FILE).is_file())
     int8_wanted = int8_available()
     if float_done and (not int8_wanted or (f"{FUSED}_int8" in done and tflite.is_file())):
         return [done[FUSED]] + ([done[f"{FUSED}_int8"]] if int8_wanted else [])  # finished earlier
@@ -686,6 +693,7 @@ def stage_fuse(run: Run, threshold: float = 1e-4, members: list[str] | None = No
     mse = {layer: feature_map_mse(nets, clips, layer, kept={n: kept[n][layer] for n in names}, threshold=threshold)
            for layer in ("C1", "C2", "C3")}
     module = fusing.build_fused(nets, kept, mse, threshold)
+    saved_models.save_fused_plan(folder, module)  # what `lcasc predict --ensemble ensemble_fused` rebuilds
     if float_done:
         entries = [done[FUSED]]
     else:

@@ -21,6 +21,10 @@ Backends (``backend=``; ``lcasc predict --backend``), per network of a model or 
   agrees with it to < 1e-6 in probability.
 
 ONNX and INT8 files come from ``lcasc quantize --run DIR``.
+
+Any name of results.json runs as the run evaluated it (:func:`lcasc.registry.resolve`): networks, INT8
+networks, baselines, ensembles (INT8 ones on their INT8 members), ``ensemble_fused`` (the fused module) and
+``ensemble_fused_int8`` (its own INT8 file).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import yaml
 
 from lcasc import audio
 from lcasc.features import FeatureParams, cpu_count, logmel
+from lcasc.registry import mean_probabilities, resolve
 
 log = logging.getLogger("lcasc")
 FORMATS = ("table", "json", "csv", "dcase")
@@ -95,7 +100,7 @@ class _MeanOfMembers:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """(N, n_mels, n_frames) float32 -> (N, n_classes) float32."""
-        return np.mean([np.asarray(m.predict_proba(X), np.float64) for m in self.members], axis=0).astype(np.float32)
+        return mean_probabilities([m.predict_proba(X) for m in self.members])
 
 
 class _TorchCNN:
@@ -194,10 +199,23 @@ def _network_classifier(run_dir: Path, entry: dict, classes: list[str], backend:
                             classes), backend
     if backend == "tflite":
         _needs("tflite_micro", backend)
-        from lcasc.quantize import TFLiteMicroClassifier
-
-        return TFLiteMicroClassifier(_exported(folder / "model_int8.tflite", run_dir), classes), backend
+        return tflm_classifier(_exported(folder / "model_int8.tflite", run_dir), classes,
+                               entry.get("arena_bytes")), backend
     raise PredictError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def tflm_classifier(path: Path, classes: list[str], arena_bytes: int | None = None):
+    """:class:`lcasc.quantize.TFLiteMicroClassifier` on ``path``. ``arena_bytes``: the arena the run measured
+    for this file (results.json), used when it still suffices: measuring it again costs ~0.3 s per file, a
+    lot for an ensemble of INT8 members; another TFLM version that needs more gets it measured."""
+    from lcasc.quantize import ARENA_MARGIN, TFLiteMicroClassifier
+
+    if arena_bytes:
+        try:
+            return TFLiteMicroClassifier(path, classes, arena_size=int(arena_bytes) + ARENA_MARGIN)
+        except RuntimeError:  # TFLM could not allocate the tensors in it
+            pass
+    return TFLiteMicroClassifier(path, classes)
 
 
 def _feature_params(config_path: Path) -> FeatureParams:
@@ -223,26 +241,24 @@ def _read_results(run_dir: Path) -> dict:
     return results
 
 
-def _members(run_dir: Path, results: dict, model: str | None, ensemble: str | None) -> tuple[str, list[dict]]:
-    """(name, network entries) of what was asked: a network, an ensemble, or by default the float CNN with
-    the lowest validation log-loss."""
+def _chosen_name(run_dir: Path, results: dict, model: str | None, ensemble: str | None) -> str:
+    """The results.json name of what was asked: ``ensemble`` (an ensemble), ``model`` (a network or a
+    baseline, or any ensemble name), or by default the float CNN with the lowest validation log-loss."""
     nets = {n["name"]: n for n in results["networks"]}
+    ensembles = [e["name"] for e in results.get("ensembles", [])]
     if ensemble is not None:
-        ens = {e["name"]: e for e in results.get("ensembles", [])}
-        if ensemble not in ens:
-            raise PredictError(f"{run_dir}: no ensemble named {ensemble!r} (known: {', '.join(ens) or 'none'})")
-        missing = [m for m in ens[ensemble]["members"] if m not in nets]
-        if missing:
-            raise PredictError(f"{run_dir}: ensemble {ensemble!r} lists unknown network(s) {', '.join(missing)}")
-        return ensemble, [nets[m] for m in ens[ensemble]["members"]]
+        if ensemble not in ensembles:
+            raise PredictError(f"{run_dir}: no ensemble named {ensemble!r} (known: {', '.join(ensembles) or 'none'})")
+        return ensemble
     if model is None:
         floats = [n for n in nets.values() if n.get("precision") == "float32" and n.get("kind", "cnn") == "cnn"]
         if not floats:
             raise PredictError(f"{run_dir}: no trained network in results.json")
-        model = min(floats, key=lambda n: (n.get("validation") or {}).get("log_loss", math.inf))["name"]
-    if model not in nets:
-        raise PredictError(f"{run_dir}: no network named {model!r} (known: {', '.join(nets) or 'none'})")
-    return model, [nets[model]]
+        return min(floats, key=lambda n: (n.get("validation") or {}).get("log_loss", math.inf))["name"]
+    if model not in nets and model not in ensembles:
+        raise PredictError(f"{run_dir}: no network named {model!r} (known: {', '.join(nets) or 'none'}; "
+                           f"ensembles: {', '.join(ensembles) or 'none'})")
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -286,9 +302,11 @@ class _Decoded:
 class Predictor:
     """A trained classifier of a run directory with the feature pipeline in front of it.
 
-    ``model``: a network name of results.json; ``ensemble``: an ensemble name (each member runs through
-    ``backend``); neither: the float network with the lowest validation log-loss. ``backend``: see the
-    module docstring; :attr:`backend` tells which one runs (``"onnx+tflite"`` style when members differ).
+    ``model``: any name of results.json (network, INT8 network, baseline, or an ensemble); ``ensemble``: an
+    ensemble name (each member runs through ``backend``; the fused ones run their fused module or INT8
+    file); neither: the float network with the lowest validation log-loss. Either way it computes what the
+    run's evaluation of that name computed (:mod:`lcasc.registry`). ``backend``: see the module docstring;
+    :attr:`backend` tells which one runs (``"onnx+tflite"`` style when members differ).
     """
 
     def __init__(self, run_dir: str | Path, model: str | None = None, ensemble: str | None = None,
@@ -301,13 +319,12 @@ class Predictor:
         self.run_dir = Path(run_dir)
         results = _read_results(self.run_dir)
         self.classes = list(results.get("classes") or [])
-        self.name, entries = _members(self.run_dir, results, model, ensemble)
+        name = _chosen_name(self.run_dir, results, model, ensemble)
         if not self.classes:
             raise PredictError(f"{self.run_dir / 'results.json'}: no class list")
-        built = [_network_classifier(self.run_dir, e, self.classes, backend) for e in entries]
-        self.members = [e["name"] for e in entries]
-        self.backend = "+".join(dict.fromkeys(b for _, b in built))
-        self.classifier = built[0][0] if ensemble is None else _MeanOfMembers([c for c, _ in built], self.members)
+        runnable = resolve(self.run_dir, name, backend, results)  # what the run's evaluation of `name` ran
+        self.name, self.members, self.backend = runnable.name, runnable.members, runnable.backend
+        self.classifier = runnable.classifier
         self.params = _feature_params(self.run_dir / "config.yaml")
 
     # -- one recording ------------------------------------------------------------------------------------
@@ -412,7 +429,8 @@ class Predictor:
 
 def load(run_dir: str | Path, model: str | None = None, ensemble: str | None = None,
          backend: str = "auto") -> Predictor:
-    """The Python entry point: ``lcasc.load(DIR).predict(path_or_array, sample_rate)``."""
+    """The Python entry point: ``lcasc.load(DIR).predict(path_or_array, sample_rate)``; ``lcasc.load(DIR, NAME)``
+    runs any entry of the run's results.json by name."""
     return Predictor(run_dir, model, ensemble, backend)
 
 
