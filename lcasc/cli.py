@@ -250,7 +250,8 @@ def cmd_predict(args) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if failed:
         print(f"lcasc: {failed} of {len(files)} files could not be read" +
-              (f"; {failed} rows are missing from the output (--allow-missing)" if args.format == "dcase" else ""),
+              (f"; the output lacks their rows (--allow-missing): {len(preds)} rows written" if args.format == "dcase"
+               else ""),
               file=sys.stderr)
     return 0 if preds else 2
 

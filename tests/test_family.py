@@ -225,19 +225,28 @@ def test_predict_api_on_arrays_and_files(run_dir, tmp_path):
     assert lcasc.load(run_dir, ensemble="ensemble_all").predict(stereo_48k, 48000).per_second.shape[0] == 3
 
 
-def test_predict_cli_writes_the_dcase_format_and_skips_bad_files(run_dir, tmp_path):
+def test_predict_cli_writes_the_dcase_format_and_refuses_a_partial_submission(run_dir, tmp_path, capsys):
+    from lcasc.cli import main
+
     folder = tmp_path / "mine with spaces"
     folder.mkdir()
     for i, (path, _) in enumerate(real_clips(1, "test")[:3]):
         x, sr = sf.read(path)
         sf.write(folder / f"clip_{i}_é.flac", x[: sr * 2], sr)
     (folder / "broken.wav").write_bytes(b"RIFF....WAVEfmt ")
-    out = lcasc_cli("predict", "--run", str(run_dir), "--format", "dcase", str(folder))
-    rows = list(csv.reader(io.StringIO(out.stdout), delimiter="\t"))
+    # A submission missing a row is refused: exit 1, the unreadable file named, nothing written anywhere.
+    sub = tmp_path / "submission.tsv"
+    assert main(["-q", "predict", "--run", str(run_dir), "--format", "dcase", "-o", str(sub), str(folder)]) == 1
+    refused = capsys.readouterr()
+    assert refused.out == "" and "broken.wav" in refused.err and "--allow-missing" in refused.err
+    assert not sub.exists() and list(tmp_path.glob(".submission.tsv*")) == []
+    assert main(["-q", "predict", "--run", str(run_dir), "--format", "dcase", "--allow-missing", str(folder)]) == 0
+    out = capsys.readouterr()
+    rows = list(csv.reader(io.StringIO(out.out), delimiter="\t"))
     classes = results(run_dir)["classes"]
     assert rows[0] == ["filename", "scene_label", *classes]
     assert len(rows) == 4 and all(r[1] in classes and len(r) == 2 + len(classes) for r in rows[1:])
-    assert "broken.wav" in out.stderr and "Traceback" not in out.stderr
+    assert "broken.wav" in out.err and "1 of 4 files could not be read" in out.err and "3 rows written" in out.err
     js = json.loads(lcasc_cli("predict", "--run", str(run_dir), "--format", "json", "--model", "pruned_C1",
                               str(folder / "clip_0_é.flac")).stdout)
     assert len(js[0]["per_second"]) == 2
@@ -257,3 +266,64 @@ def test_predict_dataset_writes_a_dcase_submission_named_as_the_test_list(run_di
     np.testing.assert_allclose([sum(map(float, r[2:])) for r in rows[1:]], 1, atol=1e-4)
     both = lcasc_cli("predict", "--run", str(run_dir), "--dataset", str(root), str(sub), check=False)
     assert both.returncode == 2 and "one of the two" in both.stderr
+
+
+# -- every name of results.json runs as evaluated ------------------------------------------------------------
+
+TFLM_ROWS = 16  # TFLM runs clip by clip (~10 ms each): INT8 entries are compared on the first test segments
+
+
+def test_every_entry_runs_by_name_as_evaluated(run_dir):
+    """Each network, INT8 network, baseline and ensemble (fused and INT8 ones too) loaded by name gives the
+    probabilities the run's evaluation saved: float to 1e-5, INT8 bit for bit (same TFLite Micro)."""
+    from lcasc.pipeline import Run
+    from lcasc.predict import PredictError
+
+    res = results(run_dir)
+    X = Run(run_dir, progress=False).split("test").X
+    kinds = set()
+    for entry in res["networks"] + res["ensembles"]:
+        name = entry["name"]
+        p = lcasc.load(run_dir, name)
+        want = np.load(run_dir / "models" / name / "probabilities.npz")["test"]
+        assert p.name == name and want.shape == (len(X), len(res["classes"]))
+        if "tflite" in p.backend:
+            got = p.classifier.predict_proba(X[:TFLM_ROWS])
+            assert np.array_equal(got, want[:TFLM_ROWS]), name
+        else:
+            np.testing.assert_allclose(p.classifier.predict_proba(X), want, atol=1e-5, err_msg=name)
+        kinds.add((entry["kind"], entry["precision"], bool(entry.get("fused")), p.backend))
+    expected = {("cnn", "float32", False, "onnx"), ("baseline", "float32", False, "sklearn"),
+                ("ensemble", "float32", False, "onnx"), ("ensemble", "float32", True, "torch")}
+    if int8_available():
+        expected |= {("cnn", "int8", False, "tflite"), ("ensemble", "int8", False, "tflite"),
+                     ("ensemble", "int8", True, "tflite")}
+    assert expected <= kinds
+    fused = lcasc.load(run_dir, ensemble="ensemble_fused")
+    assert type(fused.classifier).__name__ == "FusedEnsemble" and len(fused.members) == 6
+    for name, backend in (("gmm", "onnx"), ("ensemble_fused", "tflite"), ("ensemble_fused_int8", "torch")):
+        with pytest.raises(PredictError, match="--backend"):
+            lcasc.load(run_dir, name, backend=backend)
+
+
+@pytest.mark.skipif(not int8_available(), reason="INT8 export extras (lcasc[tflite]) not installed")
+def test_predict_ensemble_fused_int8_runs_the_fused_file_not_its_members(run_dir, capsys):
+    from lcasc.audio import load, segment
+    from lcasc.cli import main
+    from lcasc.features import FeatureParams, logmel
+    from lcasc.quantize import TFLiteMicroClassifier
+    from lcasc.registry import mean_probabilities
+
+    res = results(run_dir)
+    entry = next(e for e in res["ensembles"] if e["name"] == "ensemble_fused_int8")
+    clip = real_clips(1, "test")[0][0]
+    assert main(["-q", "predict", "--run", str(run_dir), "--ensemble", "ensemble_fused_int8", "--format", "json",
+                 str(clip)]) == 0
+    got = np.array([[s[c] for c in res["classes"]] for s in json.loads(capsys.readouterr().out)[0]["per_second"]])
+    params = FeatureParams()
+    X = logmel(segment(load(clip), params.min_last_segment), params)
+    fused_file = TFLiteMicroClassifier(run_dir / entry["file"], res["classes"]).predict_proba(X)
+    members = mean_probabilities([TFLiteMicroClassifier(run_dir / "models" / m / "model_int8.tflite", res["classes"])
+                                  .predict_proba(X) for m in entry["members"]])
+    assert got.shape == fused_file.shape and np.abs(got - fused_file).max() < 1e-6
+    assert np.abs(got - members).max() > 1e-4  # so the check above tells the fused file from its members
