@@ -42,6 +42,9 @@ void lcasc_ticks_start(void)
     SYST_CVR = 0;
     systick_wraps = 0;
     SYST_CSR = 7; /* processor clock, interrupt on wrap, enabled */
+    while (SYST_CVR == 0) {
+    } /* the first tick loads the reload value; count from there */
+    systick_wraps = 0;
 }
 
 uint64_t lcasc_ticks(void)

@@ -3,6 +3,7 @@
  *   ./lcasc_demo clip.wav                  scene and class probabilities of the first second
  *   ./lcasc_demo --logits M in.i8 out.i8   int8 logits of member M for raw int8 inputs (40 x 51 each)
  *   ./lcasc_demo --logmel in.s16 out.f32   log-mel of raw int16 seconds (44,100 samples each)
+ *   ./lcasc_demo --pcm-logits M in.s16 out.i8   front end + quantization + member M, int8 logits
  *
  * WAV: 16-bit PCM at 44.1 kHz (channels are averaged); the last two modes are what the lcasc tests use to
  * compare the library with tflite-micro and with lcasc's own front end.
@@ -103,12 +104,33 @@ static int logmel_mode(const char *in, const char *out)
     return 0;
 }
 
+static int pcm_logits_mode(int member, const char *in, const char *out)
+{
+    static int16_t pcm[LCASC_N_SAMPLES];
+    float *logmel = (float *)work;
+    int8_t *input = (int8_t *)work + LCASC_LOGMEL_BYTES, logits[LCASC_N_CLASSES];
+    void *scratch = (uint8_t *)work + LCASC_LOGMEL_BYTES + LCASC_INPUT_BYTES;
+    if (member < 0 || member >= LCASC_N_MEMBERS) return fail(in, "no such member");
+    FILE *fi = fopen(in, "rb"), *fo = fopen(out, "wb");
+    if (!fi || !fo) return fail(in, "cannot open input/output");
+    while (fread(pcm, sizeof(int16_t), LCASC_N_SAMPLES, fi) == LCASC_N_SAMPLES) {
+        lcasc_logmel(pcm, logmel, scratch);
+        lcasc_net_quantize_input(lcasc_members[member], logmel, input);
+        lcasc_net_run(lcasc_members[member], input, logits, scratch);
+        fwrite(logits, 1, LCASC_N_CLASSES, fo);
+    }
+    fclose(fi);
+    fclose(fo);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static int16_t pcm[LCASC_N_SAMPLES];
     float probs[LCASC_N_CLASSES];
     if (argc == 5 && !strcmp(argv[1], "--logits")) return logits_mode(atoi(argv[2]), argv[3], argv[4]);
     if (argc == 4 && !strcmp(argv[1], "--logmel")) return logmel_mode(argv[2], argv[3]);
+    if (argc == 5 && !strcmp(argv[1], "--pcm-logits")) return pcm_logits_mode(atoi(argv[2]), argv[3], argv[4]);
     if (argc != 2 || argv[1][0] == '-') {
         fprintf(stderr, "usage: %s clip.wav  (16-bit PCM, 44.1 kHz; the first second is classified)\n", argv[0]);
         return 2;
