@@ -24,6 +24,7 @@ from lcasc.mcu import toolchain
 from lcasc.mcu.export_c import Member, members_from_files, write_bundle
 
 log = logging.getLogger("lcasc")
+TFLM_ARENA = 1 << 18  # bytes: ample for these networks (the outputs do not depend on it; no arena search)
 
 
 class ExportError(RuntimeError):
@@ -87,7 +88,7 @@ def check_host(bundle: Path, members: list[Member], run, pcm: np.ndarray) -> dic
     X = run.split("test").X
     out = {"test_clips": int(len(X)), "mismatching_clips": {}}
     for i, m in enumerate(tqdm(members, desc="host check vs tflite-micro", disable=not run.progress)):
-        tflm = TFLiteMicroClassifier(m.network.path, run.classes)
+        tflm = TFLiteMicroClassifier(m.network.path, run.classes, arena_size=TFLM_ARENA)
         Xq = tflm.quantize_input(X)
         ref = tflm.invoke_int8(Xq)
         got = toolchain.host_logits(bundle, i, Xq, len(run.classes))

@@ -101,6 +101,16 @@ def host_pcm_logits(bundle: str | os.PathLike, member: int, pcm: np.ndarray, n_c
         return np.fromfile(Path(tmp) / "out.i8", np.int8).reshape(len(pcm), n_classes)
 
 
+def host_probabilities(bundle: str | os.PathLike, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """(N, 40, 51) float log-mel -> (N, n_classes) float32 probabilities of the bundle (members averaged),
+    through ``lcasc_classify_logmel`` (C quantization, int8 network, float softmax)."""
+    bundle = Path(bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.ascontiguousarray(X, np.float32).tofile(Path(tmp) / "in.f32")
+        _run_demo(bundle, "--probs", str(Path(tmp) / "in.f32"), str(Path(tmp) / "out.f32"))
+        return np.fromfile(Path(tmp) / "out.f32", np.float32).reshape(len(X), n_classes)
+
+
 def build_m4(bundle: str | os.PathLike, dsp: bool = True) -> Path:
     """``make m4``: the bare-metal Cortex-M4 image (the bundle must hold ``cortex-m4/m4_clips.h``)."""
     bundle = Path(bundle)

@@ -4,6 +4,7 @@
  *   ./lcasc_demo --logits M in.i8 out.i8   int8 logits of member M for raw int8 inputs (40 x 51 each)
  *   ./lcasc_demo --logmel in.s16 out.f32   log-mel of raw int16 seconds (44,100 samples each)
  *   ./lcasc_demo --pcm-logits M in.s16 out.i8   front end + quantization + member M, int8 logits
+ *   ./lcasc_demo --probs in.f32 out.f32    class probabilities (all members) of float log-mels (40 x 51 each)
  *
  * WAV: 16-bit PCM at 44.1 kHz (channels are averaged); the last two modes are what the lcasc tests use to
  * compare the library with tflite-micro and with lcasc's own front end.
@@ -124,12 +125,28 @@ static int pcm_logits_mode(int member, const char *in, const char *out)
     return 0;
 }
 
+static int probs_mode(const char *in, const char *out)
+{
+    static float logmel[LCASC_N_MELS * LCASC_N_FRAMES];
+    float probs[LCASC_N_CLASSES];
+    FILE *fi = fopen(in, "rb"), *fo = fopen(out, "wb");
+    if (!fi || !fo) return fail(in, "cannot open input/output");
+    while (fread(logmel, sizeof(float), LCASC_N_MELS * LCASC_N_FRAMES, fi) == LCASC_N_MELS * LCASC_N_FRAMES) {
+        lcasc_classify_logmel(logmel, probs, work);
+        fwrite(probs, sizeof(float), LCASC_N_CLASSES, fo);
+    }
+    fclose(fi);
+    fclose(fo);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static int16_t pcm[LCASC_N_SAMPLES];
     float probs[LCASC_N_CLASSES];
     if (argc == 5 && !strcmp(argv[1], "--logits")) return logits_mode(atoi(argv[2]), argv[3], argv[4]);
     if (argc == 4 && !strcmp(argv[1], "--logmel")) return logmel_mode(argv[2], argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "--probs")) return probs_mode(argv[2], argv[3]);
     if (argc == 5 && !strcmp(argv[1], "--pcm-logits")) return pcm_logits_mode(atoi(argv[2]), argv[3], argv[4]);
     if (argc != 2 || argv[1][0] == '-') {
         fprintf(stderr, "usage: %s clip.wav  (16-bit PCM, 44.1 kHz; the first second is classified)\n", argv[0]);
