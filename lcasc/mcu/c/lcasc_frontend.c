@@ -40,12 +40,11 @@ static void cfft(float *z, int n)
         }
     }
     for (int len = 2; len <= n; len <<= 1) {
-        const int half = len >> 1, step = n / len; /* twiddle k * step of exp(-2 pi i / n) */
-        for (int start = 0; start < n; start += len) {
-            for (int k = 0; k < half; ++k) {
-                /* exp(-2 pi i k step / n) = exp(-2 pi i (2 k step) / N): table entry 2 k step */
-                const float c = lcasc_twiddle[2 * (2 * k * step)], s = -lcasc_twiddle[2 * (2 * k * step) + 1];
-                float *a = z + 2 * (start + k), *b = z + 2 * (start + k + half);
+        const int half = len >> 1, step = 2 * (n / len); /* twiddle k of this stage: entry k * step of the table */
+        for (int k = 0; k < half; ++k) { /* one twiddle for all the butterflies that use it */
+            const float c = lcasc_twiddle[2 * k * step], s = -lcasc_twiddle[2 * k * step + 1];
+            for (int start = k; start < n; start += len) {
+                float *a = z + 2 * start, *b = a + 2 * half;
                 const float br = b[0] * c - b[1] * s, bi = b[0] * s + b[1] * c;
                 b[0] = a[0] - br; b[1] = a[1] - bi;
                 a[0] += br; a[1] += bi;
@@ -101,7 +100,13 @@ void lcasc_logmel(const int16_t *pcm, float *logmel, void *work)
     for (int t = 0; t < LCASC_N_FRAMES; ++t) {
         const int first = t * LCASC_HOP_LENGTH + offset;
         /* the window goes to the start of the FFT buffer, not its middle: a circular shift, same magnitude */
-        for (int j = 0; j < LCASC_WIN_LENGTH; ++j) frame[j] = lcasc_window[j] * sample(pcm, first + j);
+        if (first >= 0 && first + LCASC_WIN_LENGTH <= LCASC_N_SAMPLES) { /* no reflection: the common case */
+            const int16_t *x = pcm + first;
+            for (int j = 0; j < LCASC_WIN_LENGTH; ++j)
+                frame[j] = lcasc_window[j] * ((float)x[j] * (1.0f / 32768.0f) + EPS);
+        } else {
+            for (int j = 0; j < LCASC_WIN_LENGTH; ++j) frame[j] = lcasc_window[j] * sample(pcm, first + j);
+        }
         for (int j = LCASC_WIN_LENGTH; j < LCASC_N_FFT; ++j) frame[j] = 0.0f;
 #ifdef LCASC_USE_CMSIS_DSP
         arm_rfft_fast_f32(&rfft, frame, spectrum, 0);
