@@ -65,7 +65,7 @@ def net_work_bytes(net: Network) -> int:
             + a4((W + 2 * q2) * c1.cout) + a4(max(W * c2.cout, w1 * c3.cout)) + 4 * max(w1 * c2.cout, w2 * c3.cout)
             + a4(h1 * (w1 + 2 * q3) * c2.cout) + a4((w1 + 2 * q3) * c2.cout) + a4(h2 * w2 * c3.cout)
             + a4(net.dense[0].cout)
-            + a4(2 * max(layer.k * layer.k * layer.cin for layer in [*net.conv, *net.dense])))
+            + a4(3 * max(layer.k * layer.k * layer.cin for layer in [*net.conv, *net.dense])))
 
 
 def _layer_c(prefix: str, layer) -> tuple[str, str]:

@@ -78,12 +78,11 @@ static inline int8_t finish(const finish_t *F, int co, int32_t acc)
 /* The window of one output pixel (k rows of k * cin int8) widened to int16 in SXTB16 order: each group of
  * four inputs x0 x1 x2 x3 is stored x0 x2 x1 x3, so that SMLAD pairs them with SXTB16(w) = (w0, w2) and
  * SXTB16(w ror 8) = (w1, w3) of the int8 weights as they are; a tail of n % 4 stays in plain order. */
-static void widen_window(const int8_t *const *rows, int offset, int k, int span, int16_t *col)
+static void widen_window(const int8_t *const *rows, int offset, int k, int span, int16_t *col, int8_t *bytes)
 {
     const int n = k * span, n4 = n & ~3;
-    int i = 0;
-    if ((span & 3) == 0) { /* whole groups in every row: SXTB16 does the reordering, a word at a time */
-        uint32_t *dst = (uint32_t *)col;
+    uint32_t *dst = (uint32_t *)col;
+    if ((span & 3) == 0) { /* whole groups in every row piece: widen them where they are */
         for (int ky = 0; ky < k; ++ky) {
             const int8_t *src = rows[ky] + offset;
             for (int j = 0; j < span; j += 4) {
@@ -94,13 +93,15 @@ static void widen_window(const int8_t *const *rows, int offset, int k, int span,
         }
         return;
     }
-    for (int ky = 0; ky < k; ++ky) {
-        const int8_t *src = rows[ky] + offset;
-        for (int j = 0; j < span; ++j, ++i) {
-            const int g = i & ~3, r = i & 3;
-            col[i < n4 ? g + (r == 1 ? 2 : r == 2 ? 1 : r) : i] = src[j];
-        }
+    /* otherwise gather the k row pieces into one contiguous window first (weights are [ky][kx][ci] too) */
+    for (int ky = 0; ky < k; ++ky) memcpy(bytes + ky * span, rows[ky] + offset, (size_t)span);
+    const int8_t *src = bytes;
+    for (int i = 0; i < n4; i += 4) { /* SXTB16 does the reordering, a word at a time */
+        const uint32_t v = load_u32(src + i);
+        *dst++ = sxtb16(v);
+        *dst++ = sxtb16_ror8(v);
     }
+    for (int i = n4; i < n; ++i) col[i] = src[i];
 }
 
 /* Two output channels' dot products over a widened window: the input words are loaded once for both. */
@@ -145,7 +146,7 @@ static inline __attribute__((always_inline)) void dot2_q15(const int8_t *w0, con
 #endif
 
 /* One output row (out_w pixels x cout) of layer L; rows[ky] points at padded input row ky (the first
- * input pixel of the window of output pixel 0). col: scratch of 2 * k * k * cin bytes (DSP build). */
+ * input pixel of the window of output pixel 0). col: scratch of 3 * k * k * cin bytes (DSP build). */
 static void conv_row(const lcasc_layer_t *L, const int8_t *const *rows, int out_w, int8_t *restrict out,
                      int16_t *restrict col)
 {
@@ -156,7 +157,7 @@ static void conv_row(const lcasc_layer_t *L, const int8_t *const *rows, int out_
 #if LCASC_DSP
     const int n = k * span;
     for (int x = 0; x < out_w; ++x) {
-        widen_window(rows, x * cin, k, span, col);
+        widen_window(rows, x * cin, k, span, col, (int8_t *)(col + n));
         int co = 0;
         for (; co + 2 <= cout; co += 2) {
             int32_t a0 = bias[co], a1 = bias[co + 1];
@@ -245,7 +246,7 @@ static layout_t layout(const lcasc_net_t *net)
         const size_t n = (size_t)l->k * l->k * l->cin;
         if (n > window) window = n;
     }
-    L.col = at; at += align4(2 * window); /* int16 widened window of the DSP build */
+    L.col = at; at += align4(3 * window); /* DSP build: the window gathered (int8) and widened (int16) */
     L.total = at;
     return L;
 }
