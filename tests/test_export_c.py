@@ -54,12 +54,12 @@ def run(family_run):
 def bundle(run, tmp_path_factory):
     """All seven networks of the run in one bundle (members 0-6), with 5 real test clips for the M4 image."""
     from lcasc.mcu.export_c import members_from_files, write_bundle
-    from lcasc.mcu.run_export import _int8_inputs, real_clips
+    from lcasc.mcu.run_export import int8_inputs, real_clips
 
     members = members_from_files({n: run.model_dir(n) / "model_int8.tflite" for n in NETWORKS})
     pcm = real_clips(run, N_CLIPS)
     out = write_bundle(tmp_path_factory.mktemp("c") / "bundle", members, run.classes, "all seven networks",
-                       (pcm, _int8_inputs(members, pcm)))
+                       (pcm, int8_inputs(members, pcm)))
     return out, members, pcm
 
 
@@ -143,11 +143,11 @@ def test_host_example_classifies_the_first_second_of_a_wav_file(host_build, tmp_
 @needs_cc
 @needs_arm
 def test_cortex_m4_image_prints_the_host_outputs_for_real_clips(host_build):
-    from lcasc.mcu.run_export import _int8_inputs
+    from lcasc.mcu.run_export import int8_inputs
     from lcasc.mcu.toolchain import build_m4, host_logits, host_pcm_logits, run_m4
 
     path, members, pcm = host_build
-    inputs = _int8_inputs(members, pcm)
+    inputs = int8_inputs(members, pcm)
     elf = build_m4(path)
     assert elf.is_file()
     measured = run_m4(path)

@@ -70,7 +70,9 @@ def real_clips(run, n: int) -> np.ndarray:
     return np.array(clips)
 
 
-def _int8_inputs(members: list[Member], pcm: np.ndarray) -> list[np.ndarray]:
+def int8_inputs(members: list[Member], pcm: np.ndarray) -> list[np.ndarray]:
+    """Per member, (n, 40*51) int8 inputs of the clips as lcasc quantizes them (float64 log-mel, the file's
+    input scale and zero point): what the Cortex-M4 image runs to compare the network's bits alone."""
     from lcasc.features import logmel
     from lcasc.quantize import quantize_int8
 
@@ -130,7 +132,7 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, model: str | None
     members = members_from_files(files)
     title = f"{entry_name} of {run.dir}"
     pcm = real_clips(run, clips)
-    inputs = _int8_inputs(members, pcm)
+    inputs = int8_inputs(members, pcm)
     out = write_bundle(out, members, run.classes, title, (pcm, inputs))
     log.info("export: wrote %s (%s)", out, ", ".join(f"{m.name} {m.network.widths}" for m in members))
     result: dict = {"bundle": str(Path(out).resolve()), "members": [m.name for m in members]}
