@@ -137,9 +137,10 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from lcasc import report
     from lcasc.mcu.run_export import ExportError, export
     from lcasc.mcu.toolchain import BuildError
-    from lcasc.pipeline import RunError
+    from lcasc.pipeline import Run, RunError
 
     try:
         r = export(args.run, args.out, args.model, args.ensemble, args.clips, not args.no_check, not args.quiet)
@@ -156,6 +157,7 @@ def cmd_export(args) -> int:
               f"front end {fl['front_end']:,}, C library {fl['c_library']:,}); network RAM {ram['network_total']:,} "
               f"B; instructions: front end {ins['front_end']:,}, network {ins['network']:,} "
               f"({ins['per_mac']} per MAC)")
+    report.write(Run(args.run, progress=False))
     return 0
 
 

@@ -179,6 +179,8 @@ def test_export_command_records_the_measured_footprint(family_run, tmp_path):
     assert 1 < f["instructions"]["per_mac"] < 20 and f["instructions"]["front_end"] > 1_000_000
     assert json.loads((tmp_path / "unpruned" / "measurements.json").read_text())["cortex_m4"]["footprint"] == [f]
     assert "Cortex-M4 unpruned: flash" in out.stdout
+    report = (family_run / "report.md").read_text()
+    assert "## On a microcontroller" in report and f"| {f['instructions']['per_mac']:.2f} |" in report
 
 
 def test_export_refuses_a_file_that_is_not_the_networks_shape(tmp_path, run):
