@@ -192,9 +192,9 @@ def read_network(path: str | os.PathLike) -> Network:
         if name == "CONV_2D":
             o = op.builtinOptions
             if (o.strideW, o.strideH, o.dilationWFactor, o.dilationHFactor) != (1, 1, 1, 1) or o.padding != 0 \
-                    or w.shape[1] != w.shape[2] or w.shape[1] % 2 == 0:
-                raise UnsupportedModel(f"{path}: {where}: only odd k x k 'same' convolutions of stride 1 are "
-                                       f"supported (kernel {list(w.shape)}, padding {o.padding})")
+                    or w.shape[1] != w.shape[2] or w.shape[1] % 2 == 0 or w.shape[1] > 15:
+                raise UnsupportedModel(f"{path}: {where}: only odd k x k 'same' convolutions of stride 1, k <= 15, "
+                                       f"are supported (kernel {list(w.shape)}, padding {o.padding})")
         else:
             w = w.reshape(w.shape[0], 1, 1, w.shape[1])
         cout = w.shape[0]
