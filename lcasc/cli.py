@@ -140,6 +140,31 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from lcasc import report
+    from lcasc.mcu.run_export import ExportError, export
+    from lcasc.mcu.toolchain import BuildError
+    from lcasc.pipeline import Run, RunError
+
+    try:
+        r = export(args.run, args.out, args.model, args.ensemble, args.clips, not args.no_check, not args.quiet)
+    except (ExportError, BuildError) as e:
+        raise RunError(str(e)) from e
+    print(f"bundle: {r['bundle']}  members: {', '.join(r['members'])}")
+    if "host_check" in r:
+        h = r["host_check"]
+        print(f"host gcc: 0 of {h['test_clips']} test clips differ from tflite-micro for every member; front end "
+              f"within {h['front_end_max_abs_diff']:.1e} of lcasc's log-mel")
+    for f in r.get("cortex_m4", {}).get("footprint", []):
+        fl, ram, ins = f["flash_bytes"], f["ram_bytes"], f["instructions"]
+        print(f"Cortex-M4 {f['member']}: flash {fl['total']:,} B (model {fl['model']:,}, kernels {fl['kernels']:,}, "
+              f"front end {fl['front_end']:,}, C library {fl['c_library']:,}); network RAM {ram['network_total']:,} "
+              f"B; instructions: front end {ins['front_end']:,}, network {ins['network']:,} "
+              f"({ins['per_mac']} per MAC)")
+    report.write(Run(args.run, progress=False))
+    return 0
+
+
 def cmd_study(args) -> int:
     from lcasc import report
     from lcasc.study import run_study, study_table_markdown
@@ -356,6 +381,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-segments", type=int, default=500,
                    help="training segments (random, seeded) that calibrate the activation ranges")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("export", formatter_class=_Formatter, help="INT8 network + front end as a C library",
+                       description="Write a self-contained C99 bundle (no heap, no OS) of an INT8 network or "
+                                   "ensemble and the log-mel front end, for microcontrollers. Unless --no-check: "
+                                   "host gcc build compared with tflite-micro on every test clip (0 mismatches "
+                                   "required) and with lcasc's front end; with arm-none-eabi-gcc and "
+                                   "qemu-system-arm, a Cortex-M4 image run in QEMU (mps2-an386) on --clips real "
+                                   "clips, its outputs compared with the host's, and flash, RAM and "
+                                   "instructions measured into results.json.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory with INT8 files")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="NAME", help="network name (default: unpruned)")
+    which.add_argument("--ensemble", metavar="NAME", help="ensemble name from results.json (members in turn, "
+                                                          "probabilities averaged)")
+    p.add_argument("--format", choices=["c"], default="c", help="bundle format")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder (replaced as a whole)")
+    p.add_argument("--clips", type=int, default=5, help="real test clips compiled into the Cortex-M4 check")
+    p.add_argument("--no-check", action="store_true", help="write the bundle only, build and measure nothing")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("study", formatter_class=_Formatter, help="architecture study: kernel sizes x activations",
                        description="Paper Figures 1 and 2: train every (kernel size, activation pattern) variant "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lcasc.complexity import DCASE_MAX_MACS, DCASE_MAX_PARAMS
 from lcasc.io import read_json, write_text
+from lcasc.mcu.report_section import section as mcu_section
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -67,6 +68,7 @@ def write(run) -> str:
         parts.append(_figure(run, f"training_{n['name']}.png", f"training curves of {n['name']}"))
     parts += _pruning_section(run, res)
     parts += _int8_section(res)
+    parts += mcu_section(res)
     parts += _ensemble_section(run, res)
     parts += _similarity_section(run)
     parts += _fused_section(run, res)

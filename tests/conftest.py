@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,17 @@ def adam_steps(net, X: np.ndarray, y: np.ndarray, steps: int, seed: int, lr: flo
     for p in net.parameters():
         p.requires_grad_(True)
     return net.eval()
+
+
+@pytest.fixture(scope="session")
+def family_run(tmp_path_factory) -> Path:
+    """One small real run (2 recordings per class and split, 3 epochs): the unpruned network, its six pruned
+    variants, their INT8 files, ensembles, baselines. Built once per session and shared by the test modules
+    that read it (test_family, test_export_c)."""
+    tmp = tmp_path_factory.mktemp("family")
+    csv_path = make_csv_dataset(tmp / "ds", per_class=2)
+    out = tmp / "run"
+    done = subprocess.run([sys.executable, "-m", "lcasc", "-q", "run", "--dataset", str(csv_path), "--out", str(out),
+                           "--max-epochs", "3", "--cache-dir", str(tmp / "cache")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out

@@ -14,7 +14,7 @@ import lcasc
 from lcasc.ensemble import EnsembleClassifier, best_subset, paper_table3_subsets
 from lcasc.pipeline import int8_available
 
-from .conftest import make_csv_dataset, make_tau22, real_clips
+from .conftest import make_tau22, real_clips
 
 
 def lcasc_cli(*args, check=True):
@@ -25,13 +25,8 @@ def lcasc_cli(*args, check=True):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("family")
-    csv_path = make_csv_dataset(tmp / "ds", per_class=2)
-    out = tmp / "run"
-    lcasc_cli("run", "--dataset", str(csv_path), "--out", str(out), "--max-epochs", "3", "--cache-dir",
-              str(tmp / "cache"))
-    return out
+def run_dir(family_run):
+    return family_run  # the session's shared run (conftest)
 
 
 def results(run_dir):
