@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from lcasc import audio
 from lcasc.data import Dataset, Recording
 from lcasc.io import atomic_path
+from lcasc.workers import cpu_count  # noqa: F401  (re-exported: lcasc.features.cpu_count)
 
 log = logging.getLogger("lcasc")
 EPS = float(np.spacing(1))
@@ -69,14 +70,6 @@ _FILTERS: dict[FeatureParams, tuple[np.ndarray, scipy.sparse.csr_matrix]] = {}
 _POOLS: dict[int, ThreadPoolExecutor] = {}  # worker count -> pool, kept for the life of the process
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: make new pools there
     os.register_at_fork(after_in_child=_POOLS.clear)
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's total, where the OS tells)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _filters(params: FeatureParams) -> tuple[np.ndarray, scipy.sparse.csr_matrix]:

@@ -365,16 +365,15 @@ def finetune_all(run: Run, nets: dict, config: TrainConfig) -> None:
     one thread per network makes the result independent of how many run at once (a resumed run fine-tunes
     the rest exactly as an uninterrupted one would have)."""
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm.auto import tqdm
 
-    from lcasc.workers import exit_with_parent
+    from lcasc.workers import cpu_count, exit_with_parent
 
     tr, va = run.split("train"), run.split("validate")
     arrays = (tr.X, tr.y, va.X, va.y)
-    workers = min(len(nets), os.cpu_count() or 1)
+    workers = min(len(nets), cpu_count())
     jobs = {name: (run.classes, net.spec.to_dict(), net.state_dict(), config, str(run.model_dir(name)), arrays)
             for name, net in nets.items()}
     with tqdm(total=len(jobs), desc="fine-tune", unit="net", disable=not run.progress) as bar:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from lcasc.io import read_json, write_json
+from lcasc.workers import cpu_count
 
 log = logging.getLogger("lcasc")
 
@@ -325,7 +326,7 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
     for name, value in (("max_epochs", max_epochs), ("patience", patience), ("workers", workers)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    ray_workers, workers = workers, int(workers or os.cpu_count() or 1)
+    ray_workers, workers = workers, int(workers or cpu_count())
     base = run.config.train
     overrides = {k: v for k, v in (("max_epochs", max_epochs), ("patience", patience)) if v is not None}
     train = replace(base, **overrides)
