@@ -135,15 +135,12 @@ class Run:
     def features(self) -> FeatureSet:
         """All usable segments (silent ones left out), computed once per process, cached on disk."""
         if self._features is None:
-            fs, problems = extract(self.dataset, self.config.features, self.config.cache_dir, self.progress)
-            keep = np.ones(len(fs), bool)
-            if self.config.silence_db is not None:
-                keep = fs.level_db >= self.config.silence_db
-            self._features = fs.select(keep)
+            self._features, problems = extract(self.dataset, self.config.features, self.config.cache_dir,
+                                               self.progress, silence_db=self.config.silence_db)
             per_split = {s: int((self._features.split == self.dataset.aliases.get(s, s)).sum())
                          for s in ("train", "validate", "test")}
             self.data_summary = {**self.dataset.summary(), "segments": per_split,
-                                 "silent_segments_dropped": int((~keep).sum()),
+                                 "silent_segments_dropped": self._features.silent_dropped,
                                  "skipped_files": len(problems), "skipped_rows": len(self.dataset.skipped),
                                  "problems": self.dataset.skipped + problems}
         return self._features
@@ -347,12 +344,13 @@ def stage_prune(run: Run, layers: list[str] | None = None, criterion: str = "sim
 def _finetune_job(classes: list[str], spec: dict, state_dict: dict, config: TrainConfig, workdir: str,
                   arrays: tuple[np.ndarray, ...]) -> str:
     """Fine-tune one network in a worker process and save it to ``workdir``; returns ``workdir``."""
+    from lcasc.features import opened
     from lcasc.models.cnn import LowComplexityCNN
 
     net = LowComplexityCNN.from_spec(CNNSpec.from_dict(spec))
     net.load_state_dict(state_dict)
     clf = CNNClassifier(classes, net=net, train_config=config, workdir=workdir)
-    clf.fit(*arrays)
+    clf.fit(*opened(arrays))  # the worker maps the run's feature file itself: no pickled copy per worker
     clf.save(workdir)
     return workdir
 
@@ -372,7 +370,7 @@ def finetune_all(run: Run, nets: dict, config: TrainConfig) -> None:
     from lcasc.workers import cpu_count, exit_with_parent
 
     tr, va = run.split("train"), run.split("validate")
-    arrays = (tr.X, tr.y, va.X, va.y)
+    arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y)
     workers = min(len(nets), cpu_count())
     jobs = {name: (run.classes, net.spec.to_dict(), net.state_dict(), config, str(run.model_dir(name)), arrays)
             for name, net in nets.items()}

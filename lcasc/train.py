@@ -74,6 +74,8 @@ class EpochBatches(torch.utils.data.Sampler):
 
 
 class _InMemory(torch.utils.data.Dataset):
+    """Features as one tensor; a memory-mapped float32 X (lcasc.features) is wrapped, not copied."""
+
     def __init__(self, X: np.ndarray, y: np.ndarray):
         self.X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).unsqueeze(1)
         self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
