@@ -6,7 +6,7 @@ spectrogram, 40 Slaney mel bands 0-22,050 Hz (librosa's filterbank), natural log
 The STFT runs in float64 (float32 misses librosa by up to 1.4e-4 in near-silent bands, float64 matches it
 to 1e-12), in small blocks of segments on all CPUs: pocketfft on pre-padded frames, a sparse mel product.
 
-Caching: the files are processed in chunks of about 10 minutes of audio (content-defined: adding a file
+Caching: the files are processed in chunks of about 5 minutes of audio (content-defined: adding a file
 changes its own chunk only); each chunk is stored under a hash of the feature parameters and its files'
 names, sizes and modification times. Changing a parameter or a file recomputes only what it touches; a
 killed extraction resumes at the first chunk not yet written. The chunks are then gathered into one
@@ -40,7 +40,7 @@ from lcasc.workers import cpu_count  # noqa: F401  (re-exported: lcasc.features.
 
 log = logging.getLogger("lcasc")
 EPS = float(np.spacing(1))
-CHUNK_SECONDS = 600.0  # seconds of audio per feature chunk, on average (its waveforms: ~100 MB)
+CHUNK_SECONDS = 300.0  # seconds of audio per feature chunk, on average (its waveforms: ~50 MB, at most 4x)
 FORMAT_VERSION = 2
 
 
@@ -323,7 +323,9 @@ def _compute_chunk(chunk: list[Recording], params: FeatureParams, pool: ThreadPo
         segs[i] = None
     return {"X": logmel(waves, params), "owner": np.concatenate(owners) if owners else np.zeros(0, int),
             "segment": np.concatenate(positions) if positions else np.zeros(0, int),
-            "level_db": audio.rms_db(waves) if len(waves) else np.zeros(0),
+            # in blocks: rms_db works in float64, which would double the chunk's audio twice over at once
+            "level_db": np.concatenate([audio.rms_db(waves[s:s + 256]) for s in range(0, len(waves), 256)])
+            if len(waves) else np.zeros(0),
             "errors": np.array(errors, dtype=str)}
 
 
@@ -438,20 +440,29 @@ def extract(dataset: Dataset, params: FeatureParams = FeatureParams(), cache_dir
 
 def _write_set(path: Path, parts: list, order: np.ndarray, shape: tuple, n_all: int, progress: bool) -> np.ndarray:
     """Write the rows ``order`` (indices into the chunks' concatenated segments) of every chunk into one
-    ``.npy`` file, chunk by chunk (atomically: under a temporary name, renamed when complete); map it."""
+    ``.npy`` file, chunk by chunk, with positioned writes (not through a memory map, whose dirty pages would
+    count as this process's memory), atomically (under a temporary name, renamed when complete); map it."""
     dest = np.full(n_all, -1, np.int64)
     dest[order] = np.arange(len(order))
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(order), *shape))
-        row = 0
+    row_bytes = int(np.prod(shape)) * 4
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (len(order), *shape)})
+        header = fh.tell()
+        fh.truncate(header + len(order) * row_bytes)
+        fd, row = fh.fileno(), 0
         for _, chunk_path, meta in tqdm(parts, desc="feature set", unit="chunk", disable=not progress):
             where = dest[row:row + meta["n"]]
             row += meta["n"]
-            if (where >= 0).any():
-                data = _load_chunk(chunk_path)
-                if data is None:
-                    raise RuntimeError(f"feature cache {chunk_path} vanished or was damaged while in use; run again")
-                out[where[where >= 0]] = data["X"][where >= 0]
-        out.flush()
-        del out
+            if not (where >= 0).any():
+                continue
+            data = _load_chunk(chunk_path)
+            if data is None:
+                raise RuntimeError(f"feature cache {chunk_path} vanished or was damaged while in use; run again")
+            X = np.ascontiguousarray(data["X"], dtype="<f4")
+            kept = np.flatnonzero(where >= 0)
+            # runs of rows that go to consecutive places of the file: one write each
+            breaks = np.flatnonzero((np.diff(kept) != 1) | (np.diff(where[kept]) != 1)) + 1
+            for run in np.split(kept, breaks):
+                os.pwrite(fd, X[run[0]:run[-1] + 1].tobytes(), header + int(where[run[0]]) * row_bytes)
     return np.load(path, mmap_mode="c")
