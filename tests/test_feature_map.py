@@ -73,3 +73,23 @@ def test_a_new_file_recomputes_only_its_own_chunk(tmp_path):
     assert len(set(after) - set(chunks)) == 1  # one new chunk; every other chunk reused untouched
     assert all(after[name] == mtime for name, mtime in chunks.items())
     assert len(more) > len(first) and more.file != first.file
+
+
+def test_tau22_test_and_validation_clips_are_evaluated_once(tmp_path):
+    from lcasc.models.cnn import CNNClassifier, LowComplexityCNN
+    from lcasc.pipeline import evaluate_classifier
+
+    run = Run(tmp_path / "run", RunConfig(dataset=str(make_tau22(tmp_path / "tau")), silence_db=None),
+              progress=False)
+    clf = CNNClassifier(run.classes, spec=run.config.spec(len(run.classes)))
+    clf.net = LowComplexityCNN.from_spec(clf.spec)
+    seen = []
+
+    class Counting:  # the real classifier, with the rows it is asked about counted
+        def predict_proba(self, X):
+            seen.append(len(X))
+            return clf.predict_proba(X)
+
+    entry = evaluate_classifier(run, Counting(), "random_init", figure=False)
+    assert seen == [len(run.split("test"))]  # one pass over the 24 evaluate clips, not two
+    assert entry["accuracy"] == entry["validation"]["accuracy"]
