@@ -143,9 +143,9 @@ def main() -> None:
         else {}
     feats = next((r for r in results if r["stage"] == "features"), None)
     if feats and summary:
-        n = sum(summary["segments"].values()) - summary["segments"].get("test", 0)
-        print(f"features: {n} segments, {n / feats['seconds']:.0f} clips/s (decode + log-mel + caching, "
-              f"{cpu_count()} CPUs)")
+        print(f"features: {args.clips} clips in {feats['seconds']:.0f} s, {args.clips / feats['seconds']:.0f} clips/s "
+              f"(decode + log-mel + caching + process start, {cpu_count()} CPUs); "
+              f"{summary['silent_segments_dropped']} silent segments left out")
     log = run_dir / "models" / "unpruned" / "train_log.csv"
     train = next((r for r in results if r["stage"] == "train"), None)
     if train and log.is_file():
