@@ -22,14 +22,14 @@ def _mapped_file(a: np.ndarray) -> str | None:
 
 
 def test_splits_are_views_of_one_mapped_file_and_workers_get_a_reference(tmp_path):
-    run = Run(tmp_path / "run", RunConfig(dataset=str(make_tau22(tmp_path / "tau")), silence_db=None),
-              progress=False)
+    run = Run(tmp_path / "run", RunConfig(dataset=str(make_tau22(tmp_path / "tau")), silence_db=None,
+                                          validation="evaluate"), progress=False)
     fs = run.features()
     tr, va, te = run.split("train"), run.split("validate"), run.split("test")
     assert _mapped_file(fs.X) is not None and _mapped_file(fs.X) == _mapped_file(tr.X) == _mapped_file(va.X)
     for part in (tr, va, te):
         assert np.shares_memory(part.X, fs.X)  # a view: no copy per split request
-    assert np.shares_memory(te.X, va.X) and len(te) == len(va)  # TAU22: test is the evaluate list
+    assert np.shares_memory(te.X, va.X) and len(te) == len(va)  # paper protocol: validation = test list
     assert len(tr) + len(va) == len(fs) == 36 and len(tr) == 12
     # What a fine-tuning or study worker receives: a few bytes, not the features; it maps the file itself.
     ref = tr.shareable_X()
@@ -79,8 +79,8 @@ def test_tau22_test_and_validation_clips_are_evaluated_once(tmp_path):
     from lcasc.models.cnn import CNNClassifier, LowComplexityCNN
     from lcasc.pipeline import evaluate_classifier
 
-    run = Run(tmp_path / "run", RunConfig(dataset=str(make_tau22(tmp_path / "tau")), silence_db=None),
-              progress=False)
+    run = Run(tmp_path / "run", RunConfig(dataset=str(make_tau22(tmp_path / "tau")), silence_db=None,
+                                          validation="evaluate"), progress=False)
     clf = CNNClassifier(run.classes, spec=run.config.spec(len(run.classes)))
     clf.net = LowComplexityCNN.from_spec(clf.spec)
     seen = []
@@ -91,5 +91,14 @@ def test_tau22_test_and_validation_clips_are_evaluated_once(tmp_path):
             return clf.predict_proba(X)
 
     entry = evaluate_classifier(run, Counting(), "random_init", figure=False)
-    assert seen == [len(run.split("test"))]  # one pass over the 24 evaluate clips, not two
+    assert seen == [len(run.split("test"))]  # one pass over the 24 evaluate clips, not two (paper protocol)
     assert entry["accuracy"] == entry["validation"]["accuracy"]
+
+
+def test_holdout_protocol_splits_are_views_too(tmp_path):
+    run = Run(tmp_path / "run", RunConfig(dataset=str(make_tau22(tmp_path / "tau")), silence_db=None),
+              progress=False)
+    fs = run.features()
+    parts = [run.split(s) for s in ("train", "validate", "test")]
+    assert all(np.shares_memory(p.X, fs.X) for p in parts) and sum(map(len, parts)) == len(fs)
+    assert not np.shares_memory(parts[1].X, parts[2].X)  # validation held out of fold1_train, test apart
