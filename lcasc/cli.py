@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 DEFAULT_OUT = "runs/default"
@@ -512,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # `lcasc run -q` as well as `lcasc -q run`
         command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                              help="no progress bars or info messages")
+        if "--workers" not in command._option_string_actions:  # study has its own, with the same meaning
+            command.add_argument("--workers", type=int, metavar="N",
+                                 help="CPUs to use (threads and worker processes); default: what this process "
+                                      "may really use (affinity mask and cgroup CPU quota)")
     return parser
 
 
@@ -527,8 +532,13 @@ def main(argv: list[str] | None = None) -> int:
     from lcasc.audio import AudioError
     from lcasc.data import DatasetError
     from lcasc.pipeline import RunError
+    from lcasc.workers import WORKERS_ENV
 
     try:
+        if getattr(args, "workers", None) is not None:
+            if args.workers < 1:
+                raise ValueError(f"--workers must be a positive integer, got {args.workers}")
+            os.environ[WORKERS_ENV] = str(args.workers)  # worker processes inherit it
         return args.func(args)
     except (AudioError, DatasetError, RunError, FileNotFoundError, ValueError) as e:
         print(f"lcasc: error: {e}", file=sys.stderr)

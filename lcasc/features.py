@@ -6,9 +6,12 @@ spectrogram, 40 Slaney mel bands 0-22,050 Hz (librosa's filterbank), natural log
 The STFT runs in float64 (float32 misses librosa by up to 1.4e-4 in near-silent bands, float64 matches it
 to 1e-12), in small blocks of segments on all CPUs: pocketfft on pre-padded frames, a sparse mel product.
 
-Caching: the files are processed in chunks; each chunk is stored under a hash of the feature parameters
-and its files' names, sizes and modification times. Changing a parameter or a file recomputes only what it
-touches; a killed extraction resumes at the first chunk not yet written.
+Caching: the files are processed in chunks of about 5 minutes of audio (content-defined: adding a file
+changes its own chunk only); each chunk is stored under a hash of the feature parameters and its files'
+names, sizes and modification times. Changing a parameter or a file recomputes only what it touches; a
+killed extraction resumes at the first chunk not yet written. The chunks are then gathered into one
+memory-mapped ``.npy`` file per feature set, rows grouped by split: training, the fine-tuning and study
+workers all read that one file (each split is a view of it), so the features are never held twice.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from tqdm.auto import tqdm
 from lcasc import audio
 from lcasc.data import Dataset, Recording
 from lcasc.io import atomic_path
+from lcasc.workers import cpu_count  # noqa: F401  (re-exported: lcasc.features.cpu_count)
 
 log = logging.getLogger("lcasc")
 EPS = float(np.spacing(1))
-CHUNK_RECORDINGS = 256
-FORMAT_VERSION = 1
+CHUNK_SECONDS = 300.0  # seconds of audio per feature chunk, on average (its waveforms: ~50 MB, at most 4x)
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,6 @@ _FILTERS: dict[FeatureParams, tuple[np.ndarray, scipy.sparse.csr_matrix]] = {}
 _POOLS: dict[int, ThreadPoolExecutor] = {}  # worker count -> pool, kept for the life of the process
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: make new pools there
     os.register_at_fork(after_in_child=_POOLS.clear)
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's total, where the OS tells)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _filters(params: FeatureParams) -> tuple[np.ndarray, scipy.sparse.csr_matrix]:
@@ -190,12 +186,36 @@ def logmel(segments: np.ndarray, params: FeatureParams = FeatureParams(), batch:
     return out
 
 
+@dataclass(frozen=True)
+class MappedRows:
+    """Rows ``start:stop`` of a memory-mapped ``.npy`` file: what a worker process is handed instead of a
+    pickled copy of the features. ``open()`` maps the file again in the worker; the operating system shares
+    its pages between every process that maps it."""
+
+    path: str
+    start: int
+    stop: int
+
+    def open(self) -> np.ndarray:
+        # copy-on-write: writable for torch.from_numpy, but the file and the shared pages stay as they are
+        return np.load(self.path, mmap_mode="c")[self.start:self.stop]
+
+
+def opened(arrays) -> tuple:
+    """``arrays`` with every :class:`MappedRows` opened (in a worker process); other arrays as they are."""
+    return tuple(a.open() if isinstance(a, MappedRows) else a for a in arrays)
+
+
 @dataclass
 class FeatureSet:
     """Features of every segment of a dataset, with what each segment belongs to.
 
     X (N, 40, 51) float32; y (N,) int64 class index (-1: no label); recording (N,) index into ``names``;
     segment (N,) position in its recording; split, device (N,) str; level_db (N,) RMS level of the segment.
+
+    X of :func:`extract` is a memory map (copy-on-write: the file is never written) of one ``.npy`` file
+    whose rows are grouped by split, so a split (and any contiguous selection) is a view of it, never a copy;
+    ``file``/``start`` say where X lives in that file (None when X is an ordinary in-memory array).
     """
 
     X: np.ndarray
@@ -207,13 +227,31 @@ class FeatureSet:
     level_db: np.ndarray
     names: list[str]
     classes: list[str]
+    file: str | None = None
+    start: int = 0
+    silent_dropped: int = 0  # segments quieter than the silence level that extract() left out
 
     def select(self, mask: np.ndarray) -> FeatureSet:
-        return FeatureSet(self.X[mask], self.y[mask], self.recording[mask], self.segment[mask], self.split[mask],
-                          self.device[mask], self.level_db[mask], self.names, self.classes)
+        """The segments where ``mask`` is true: a view of X when they are contiguous, else a copy."""
+        idx = np.flatnonzero(mask)
+        if len(idx) == 0 or idx[-1] - idx[0] + 1 == len(idx):
+            rows = slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) else slice(0, 0)
+            file, start = self.file, self.start + rows.start
+        else:
+            rows, file, start = idx, None, 0
+        return FeatureSet(self.X[rows], self.y[rows], self.recording[rows], self.segment[rows], self.split[rows],
+                          self.device[rows], self.level_db[rows], self.names, self.classes, file, start)
 
     def subset(self, split: str) -> FeatureSet:
         return self.select(self.split == split)
+
+    def mapped(self) -> MappedRows | None:
+        """Where X lives in its memory-mapped file (to hand to a worker process), or None if in memory only."""
+        return MappedRows(self.file, self.start, self.start + len(self)) if self.file is not None else None
+
+    def shareable_X(self):
+        """X as a worker process should receive it: a :class:`MappedRows` reference when memory-mapped."""
+        return self.mapped() or self.X
 
     def __len__(self) -> int:
         return len(self.X)
@@ -225,6 +263,37 @@ def _decode(rec: Recording, params: FeatureParams) -> tuple[np.ndarray | None, s
         return audio.segment(x, params.min_last_segment, params.sample_rate), None
     except audio.AudioError as e:
         return None, str(e)
+
+
+def _duration(rec: Recording) -> float:
+    """Seconds of audio in ``rec`` from its header (0 when unreadable: decoding reports the problem later)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(rec.path))
+        return info.frames / info.samplerate if info.samplerate else 0.0
+    except Exception:  # noqa: BLE001 - any unreadable file is handled (named) when it is decoded
+        return 0.0
+
+
+def chunk_recordings(recs: list[Recording], seconds: list[float], chunk_seconds: float) -> list[list[Recording]]:
+    """Cut the (name-sorted) recordings into chunks of about ``chunk_seconds`` of audio.
+
+    A recording of d seconds ends a chunk when a hash of its name falls below d / chunk_seconds: chunks hold
+    ``chunk_seconds`` of audio on average, and where they end depends only on each file's own name and
+    length, so adding or removing a file changes its own chunk only (content-defined chunking). A chunk is
+    also ended at 4 x ``chunk_seconds``, which bounds the memory of one chunk."""
+    chunks, current, total = [], [], 0.0
+    for rec, d in zip(recs, seconds):
+        current.append(rec)
+        total += d
+        draw = int.from_bytes(hashlib.sha256(rec.name.encode()).digest()[:8], "big") / 2.0 ** 64
+        if draw < d / chunk_seconds or total >= 4 * chunk_seconds:
+            chunks.append(current)
+            current, total = [], 0.0
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _chunk_key(chunk: list[Recording], params: FeatureParams) -> str:
@@ -244,22 +313,42 @@ def _compute_chunk(chunk: list[Recording], params: FeatureParams, pool: ThreadPo
         segs.append(s)
         owners.append(np.full(len(s), i))
         positions.append(np.arange(len(s)))
-    waves = np.concatenate(segs) if segs else np.zeros((0, int(params.sample_rate)), np.float32)
+    # One waveform array, filled recording by recording while each decoded recording is let go: the chunk's
+    # audio is held once, not twice (as np.concatenate of the list would).
+    waves = np.empty((sum(len(s) for s in segs), int(params.sample_rate)), np.float32)
+    row = 0
+    for i in range(len(segs)):
+        waves[row:row + len(segs[i])] = segs[i]
+        row += len(segs[i])
+        segs[i] = None
     return {"X": logmel(waves, params), "owner": np.concatenate(owners) if owners else np.zeros(0, int),
             "segment": np.concatenate(positions) if positions else np.zeros(0, int),
-            "level_db": audio.rms_db(waves) if len(waves) else np.zeros(0),
+            # in blocks: rms_db works in float64, which would double the chunk's audio twice over at once
+            "level_db": np.concatenate([audio.rms_db(waves[s:s + 256]) for s in range(0, len(waves), 256)])
+            if len(waves) else np.zeros(0),
             "errors": np.array(errors, dtype=str)}
 
 
-def _load_chunk(path: Path) -> dict | None:
-    """A cached chunk, or None if it is missing or unreadable (then it is recomputed)."""
+_META = ("owner", "segment", "level_db", "errors")
+
+
+def _load_chunk(path: Path, with_X: bool = True) -> dict | None:
+    """A cached chunk (its metadata only unless ``with_X``), or None if it is missing or unreadable (then it
+    is recomputed)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in ("X", "owner", "segment", "level_db", "errors")}
-        if not (len(data["X"]) == len(data["owner"]) == len(data["segment"]) == len(data["level_db"])):
+            data = {k: z[k] for k in (("X", *_META) if with_X else _META)}
+            with z.zip.open("X.npy") as fh:  # X's shape from its header, without reading X
+                major, _ = np.lib.format.read_magic(fh)
+                fmt = np.lib.format
+                read_header = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+                shape = read_header(fh)[0]
+        if shape[0] != len(data["owner"]) or not (len(data["owner"]) == len(data["segment"]) ==
+                                                  len(data["level_db"])):
             raise ValueError("arrays of different lengths")
+        data["n"], data["shape"] = shape[0], tuple(shape[1:])
         return data
     except Exception as e:  # a damaged cache file is never trusted
         log.warning("feature cache %s is damaged (%s); recomputing it", path, e)
@@ -270,40 +359,110 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LCASC_CACHE_DIR", Path.home() / ".cache" / "lcasc" / "features"))
 
 
+SPLIT_ORDER = ("train", "validate", "test")
+
+
+def _open_set(path: Path, n: int, shape: tuple) -> np.ndarray | None:
+    """The memory-mapped feature set at ``path`` if it holds (n, *shape) float32, else None."""
+    if not path.is_file():
+        return None
+    try:
+        X = np.load(path, mmap_mode="c")
+    except Exception as e:  # a damaged file is rebuilt, never trusted
+        log.warning("feature set %s is damaged (%s); rebuilding it", path, e)
+        return None
+    return X if X.shape == (n, *shape) and X.dtype == np.float32 else None
+
+
 def extract(dataset: Dataset, params: FeatureParams = FeatureParams(), cache_dir: str | Path | None = None,
-            progress: bool = True) -> tuple[FeatureSet, list[str]]:
-    """Features of every recording of ``dataset``; returns them and one line per file that was skipped."""
+            progress: bool = True, silence_db: float | None = None, chunk_seconds: float = CHUNK_SECONDS
+            ) -> tuple[FeatureSet, list[str]]:
+    """Features of every recording of ``dataset``; returns them and one line per file that was skipped.
+
+    Segments quieter than ``silence_db`` (RMS, dBFS) are left out when it is given (``fs.silent_dropped``
+    counts them). X is a (copy-on-write) memory map of one ``.npy`` file in the cache (``set-<key>.npy``, keyed by
+    the chunks, the splits and ``silence_db``), with rows grouped by split in :data:`SPLIT_ORDER` (recording
+    order within a split), so that each split is a view of it. Chunks of about ``chunk_seconds`` of audio are
+    computed (and cached) one at a time, so memory holds one chunk's audio, never the whole dataset.
+    """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     recs = sorted(dataset.recordings, key=lambda r: r.name)
-    chunks = [recs[i:i + CHUNK_RECORDINGS] for i in range(0, len(recs), CHUNK_RECORDINGS)]
     class_index = {c: i for i, c in enumerate(dataset.classes)}
-    parts, problems = [], []
+    parts, problems, keys = [], [], []
     import torch  # training comes next in the same process: let it use every CPU
 
     torch.set_num_threads(cpu_count())
-    with ThreadPoolExecutor(max_workers=cpu_count()) as pool, \
-            tqdm(total=len(recs), desc="features", unit="file", disable=not progress) as bar:
-        for ci, chunk in enumerate(chunks):
-            path = cache / f"logmel-{_chunk_key(chunk, params)}.npz"
-            data = _load_chunk(path)
-            if data is None:
-                data = _compute_chunk(chunk, params, pool)
-                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                    np.savez(fh, **data)
-            for err in data["errors"]:
-                log.warning("skipped: %s", err)
-                problems.append(str(err))
-            parts.append((ci * CHUNK_RECORDINGS, chunk, data))
-            bar.update(len(chunk))
-    owner = np.concatenate([base + d["owner"] for base, _, d in parts]).astype(np.int64)
+    with ThreadPoolExecutor(max_workers=cpu_count()) as pool:
+        seconds = list(pool.map(_duration, recs))
+        chunks = chunk_recordings(recs, seconds, chunk_seconds)
+        with tqdm(total=len(recs), desc="features", unit="file", disable=not progress) as bar:
+            base = 0
+            for chunk in chunks:
+                keys.append(_chunk_key(chunk, params))
+                path = cache / f"logmel-{keys[-1]}.npz"
+                data = _load_chunk(path, with_X=False)
+                if data is None:
+                    data = _compute_chunk(chunk, params, pool)
+                    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                        np.savez(fh, **data)
+                    data = {**{k: data[k] for k in _META}, "n": len(data["X"]), "shape": data["X"].shape[1:]}
+                for err in data["errors"]:
+                    log.warning("skipped: %s", err)
+                    problems.append(str(err))
+                parts.append((base, path, data))
+                base += len(chunk)
+                bar.update(len(chunk))
+    owner = np.concatenate([b + d["owner"] for b, _, d in parts]).astype(np.int64)
+    level_db = np.concatenate([d["level_db"] for _, _, d in parts]) if parts else np.zeros(0)
+    split = np.array([recs[o].split for o in owner], dtype=str)
+    keep = np.ones(len(owner), bool) if silence_db is None else level_db >= silence_db
+    rank = {s: i for i, s in enumerate([*SPLIT_ORDER, *sorted(set(split) - set(SPLIT_ORDER))])}
+    order = np.flatnonzero(keep)
+    order = order[np.argsort(np.array([rank[s] for s in split[order]], dtype=np.int64), kind="stable")]
+    shape = next((tuple(d["shape"]) for _, _, d in parts if d["n"]), (params.n_mels, params.n_frames))
+
+    h = hashlib.sha256(f"{FORMAT_VERSION}\0{silence_db}\0".encode())
+    h.update("\0".join(keys).encode())
+    h.update("\0".join(f"{r.name}:{r.split}" for r in recs).encode())
+    set_path = cache / f"set-{h.hexdigest()[:32]}.npy"
+    X = _open_set(set_path, len(order), shape)
+    if X is None:
+        X = _write_set(set_path, parts, order, shape, len(owner), progress)
     fs = FeatureSet(
-        X=np.concatenate([d["X"] for _, _, d in parts]).astype(np.float32, copy=False),
-        y=np.array([class_index.get(recs[o].label, -1) for o in owner], dtype=np.int64),
-        recording=owner,
-        segment=np.concatenate([d["segment"] for _, _, d in parts]).astype(np.int64),
-        split=np.array([recs[o].split for o in owner], dtype=str),
-        device=np.array([recs[o].device for o in owner], dtype=str),
-        level_db=np.concatenate([d["level_db"] for _, _, d in parts]),
-        names=[r.name for r in recs], classes=list(dataset.classes))
+        X=X, y=np.array([class_index.get(recs[o].label, -1) for o in owner[order]], dtype=np.int64),
+        recording=owner[order], segment=np.concatenate([d["segment"] for _, _, d in parts]).astype(np.int64)[order],
+        split=split[order], device=np.array([recs[o].device for o in owner[order]], dtype=str),
+        level_db=level_db[order], names=[r.name for r in recs], classes=list(dataset.classes),
+        file=str(set_path), start=0, silent_dropped=int((~keep).sum()))
     return fs, problems
+
+
+def _write_set(path: Path, parts: list, order: np.ndarray, shape: tuple, n_all: int, progress: bool) -> np.ndarray:
+    """Write the rows ``order`` (indices into the chunks' concatenated segments) of every chunk into one
+    ``.npy`` file, chunk by chunk, with positioned writes (not through a memory map, whose dirty pages would
+    count as this process's memory), atomically (under a temporary name, renamed when complete); map it."""
+    dest = np.full(n_all, -1, np.int64)
+    dest[order] = np.arange(len(order))
+    row_bytes = int(np.prod(shape)) * 4
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (len(order), *shape)})
+        header = fh.tell()
+        fh.truncate(header + len(order) * row_bytes)
+        fd, row = fh.fileno(), 0
+        for _, chunk_path, meta in tqdm(parts, desc="feature set", unit="chunk", disable=not progress):
+            where = dest[row:row + meta["n"]]
+            row += meta["n"]
+            if not (where >= 0).any():
+                continue
+            data = _load_chunk(chunk_path)
+            if data is None:
+                raise RuntimeError(f"feature cache {chunk_path} vanished or was damaged while in use; run again")
+            X = np.ascontiguousarray(data["X"], dtype="<f4")
+            kept = np.flatnonzero(where >= 0)
+            # runs of rows that go to consecutive places of the file: one write each
+            breaks = np.flatnonzero((np.diff(kept) != 1) | (np.diff(where[kept]) != 1)) + 1
+            for run in np.split(kept, breaks):
+                os.pwrite(fd, X[run[0]:run[-1] + 1].tobytes(), header + int(where[run[0]]) * row_bytes)
+    return np.load(path, mmap_mode="c")

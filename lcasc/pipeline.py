@@ -55,6 +55,7 @@ class RunConfig:
         d = asdict(self)
         d["train"].pop("progress")
         d["train"].pop("threads")
+        d["train"].pop("compile")  # how to compute, not what: as ``threads``
         return d
 
     @classmethod
@@ -135,15 +136,12 @@ class Run:
     def features(self) -> FeatureSet:
         """All usable segments (silent ones left out), computed once per process, cached on disk."""
         if self._features is None:
-            fs, problems = extract(self.dataset, self.config.features, self.config.cache_dir, self.progress)
-            keep = np.ones(len(fs), bool)
-            if self.config.silence_db is not None:
-                keep = fs.level_db >= self.config.silence_db
-            self._features = fs.select(keep)
+            self._features, problems = extract(self.dataset, self.config.features, self.config.cache_dir,
+                                               self.progress, silence_db=self.config.silence_db)
             per_split = {s: int((self._features.split == self.dataset.aliases.get(s, s)).sum())
                          for s in ("train", "validate", "test")}
             self.data_summary = {**self.dataset.summary(), "segments": per_split,
-                                 "silent_segments_dropped": int((~keep).sum()),
+                                 "silent_segments_dropped": self._features.silent_dropped,
                                  "skipped_files": len(problems), "skipped_rows": len(self.dataset.skipped),
                                  "problems": self.dataset.skipped + problems}
         return self._features
@@ -221,7 +219,11 @@ def evaluate_classifier(run: Run, clf, name: str, extra: dict | None = None, fig
     te, va = run.split("test"), run.split("validate")
     if len(te) == 0:
         raise RunError("the test split has no usable segments to evaluate on")
-    return evaluate_probs(run, name, clf.predict_proba(te.X), clf.predict_proba(va.X), extra, figure)
+    test_probs = clf.predict_proba(te.X)
+    # TAU22's development set: test and validation are the same clips (the same rows of the feature file),
+    # so each clip is run once (an INT8 file in TFLite Micro costs milliseconds per clip).
+    same = te.mapped() is not None and te.mapped() == va.mapped()
+    return evaluate_probs(run, name, test_probs, test_probs if same else clf.predict_proba(va.X), extra, figure)
 
 
 def save_probabilities(run: Run, name: str, test_probs: np.ndarray, val_probs: np.ndarray) -> None:
@@ -347,12 +349,13 @@ def stage_prune(run: Run, layers: list[str] | None = None, criterion: str = "sim
 def _finetune_job(classes: list[str], spec: dict, state_dict: dict, config: TrainConfig, workdir: str,
                   arrays: tuple[np.ndarray, ...]) -> str:
     """Fine-tune one network in a worker process and save it to ``workdir``; returns ``workdir``."""
+    from lcasc.features import opened
     from lcasc.models.cnn import LowComplexityCNN
 
     net = LowComplexityCNN.from_spec(CNNSpec.from_dict(spec))
     net.load_state_dict(state_dict)
     clf = CNNClassifier(classes, net=net, train_config=config, workdir=workdir)
-    clf.fit(*arrays)
+    clf.fit(*opened(arrays))  # the worker maps the run's feature file itself: no pickled copy per worker
     clf.save(workdir)
     return workdir
 
@@ -365,16 +368,15 @@ def finetune_all(run: Run, nets: dict, config: TrainConfig) -> None:
     one thread per network makes the result independent of how many run at once (a resumed run fine-tunes
     the rest exactly as an uninterrupted one would have)."""
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm.auto import tqdm
 
-    from lcasc.workers import exit_with_parent
+    from lcasc.workers import cpu_count, exit_with_parent
 
     tr, va = run.split("train"), run.split("validate")
-    arrays = (tr.X, tr.y, va.X, va.y)
-    workers = min(len(nets), os.cpu_count() or 1)
+    arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y)
+    workers = min(len(nets), cpu_count())
     jobs = {name: (run.classes, net.spec.to_dict(), net.state_dict(), config, str(run.model_dir(name)), arrays)
             for name, net in nets.items()}
     with tqdm(total=len(jobs), desc="fine-tune", unit="net", disable=not run.progress) as bar:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from lcasc.io import read_json, write_json
+from lcasc.workers import cpu_count
 
 log = logging.getLogger("lcasc")
 
@@ -146,12 +147,13 @@ def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test) -> dict:
 _DATA: tuple | None = None  # the six feature arrays of a pool worker
 
 
-def _init_worker(folder: str) -> None:
+def _init_worker(refs: tuple) -> None:
     global _DATA
+    from lcasc.features import opened
     from lcasc.workers import exit_with_parent
 
     exit_with_parent()  # a killed study must not leave trainings running behind it
-    _DATA = tuple(np.load(Path(folder) / f"{name}.npy", mmap_mode="r") for name in _array_names())
+    _DATA = opened(refs)
 
 
 def _pool_job(job: Job) -> dict:
@@ -193,7 +195,10 @@ def _drive(jobs: list[Job], limit: int, submit, wait_some, cancel, on_result) ->
 
 
 def _run_pool(jobs: list[Job], arrays: tuple, workers: int, folder: Path, on_result) -> None:
-    """Run ``jobs`` in ``workers`` spawned processes; the features go to them once, as memory-mapped .npy."""
+    """Run ``jobs`` in ``workers`` spawned processes; each maps the features itself (the run's feature file,
+    or a temporary .npy of an in-memory array), so no worker gets a pickled copy."""
+    from lcasc.features import MappedRows
+
     data = Path(tempfile.mkdtemp(prefix=".features-", dir=folder))
 
     def wait_some(futures):
@@ -201,13 +206,17 @@ def _run_pool(jobs: list[Job], arrays: tuple, workers: int, folder: Path, on_res
         return [(fut, fut.exception() or fut.result()) for fut in done]
 
     try:
+        refs = []
         for name, arr in zip(_array_names(), arrays):
-            np.save(data / f"{name}.npy", np.ascontiguousarray(arr))
+            if not isinstance(arr, MappedRows):
+                np.save(data / f"{name}.npy", np.ascontiguousarray(arr))
+                arr = MappedRows(str(data / f"{name}.npy"), 0, len(arr))
+            refs.append(arr)
         # spawn, not fork: a forked child of a process that already ran torch's OpenMP pool can hang.
         ctx = multiprocessing.get_context("spawn")
         workers = min(workers, len(jobs))
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(str(data),)) as pool:
+                                 initargs=(tuple(refs),)) as pool:
             _drive(jobs, workers, lambda job: pool.submit(_pool_job, job), wait_some, lambda f: f.cancel(),
                    on_result)
     finally:
@@ -251,7 +260,10 @@ def _run_ray(jobs: list[Job], arrays: tuple, address: str, workers: int | None, 
         return out
 
     try:
-        data = [ray.put(np.ascontiguousarray(a)) for a in arrays]  # once, shared by all tasks
+        from lcasc.features import opened
+
+        # once, into Ray's shared-memory object store, which every task on a node reads without a copy
+        data = [ray.put(np.ascontiguousarray(a)) for a in opened(arrays)]
         task = ray.remote(num_cpus=1)(run_job)
         _drive(jobs, workers or len(jobs), lambda job: task.remote(job, *data), wait_some,
                lambda ref: ray.cancel(ref, force=True), on_result)
@@ -325,7 +337,7 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
     for name, value in (("max_epochs", max_epochs), ("patience", patience), ("workers", workers)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    ray_workers, workers = workers, int(workers or os.cpu_count() or 1)
+    ray_workers, workers = workers, int(workers or cpu_count())
     base = run.config.train
     overrides = {k: v for k, v in (("max_epochs", max_epochs), ("patience", patience)) if v is not None}
     train = replace(base, **overrides)
@@ -357,7 +369,7 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
             from lcasc.pipeline import RunError
 
             raise RunError("the test split has no usable segments to evaluate the study on")
-        arrays = (tr.X, tr.y, va.X, va.y, te.X, te.y)
+        arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y, te.shareable_X(), te.y)
         with tqdm(total=len(todo), desc="study", unit="net", disable=not progress) as bar:
             def on_result(job: Job, result: dict) -> None:
                 write_json(job.result_path, {**result, **complexity_of[job.variant]})

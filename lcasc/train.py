@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 
 from lcasc.io import write_text
+from lcasc.workers import cpu_count
 
 log = logging.getLogger("lcasc")
 for _name in ("lightning.pytorch", "lightning.fabric"):  # keep Lightning's INFO chatter out of our output
@@ -48,6 +48,19 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     threads: int | None = None  # CPU threads; None: every core (fine-tuning jobs use one each, side by side)
+    compile: bool | None = None  # torch.compile the training step; None: on CPU when the set is large (below)
+
+
+# torch.compile's one-off cost (tens of seconds per training) pays off from about this many training segments
+# on a CPU (benchmarks/train_throughput.py); smaller sets (the embedded data, tests) train eagerly.
+COMPILE_MIN_SEGMENTS = 20_000
+
+
+def use_compile(config: TrainConfig, n_train: int) -> bool:
+    """Whether :func:`fit` compiles the training step: as asked, else on CPU-only machines for large sets."""
+    if config.compile is not None:
+        return bool(config.compile)
+    return n_train >= COMPILE_MIN_SEGMENTS and not torch.cuda.is_available()
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -74,6 +87,8 @@ class EpochBatches(torch.utils.data.Sampler):
 
 
 class _InMemory(torch.utils.data.Dataset):
+    """Features as one tensor; a memory-mapped float32 X (lcasc.features) is wrapped, not copied."""
+
     def __init__(self, X: np.ndarray, y: np.ndarray):
         self.X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).unsqueeze(1)
         self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
@@ -90,12 +105,35 @@ def loader(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bo
                                        sampler=EpochBatches(len(y), batch_size, seed, shuffle, epoch))
 
 
+def compiled_forward(net: nn.Module):
+    """``net``'s forward pass compiled by torch.compile (Inductor), channels-last.
+
+    Why: on a CPU the small convolutions of these networks are dominated by per-op overhead, which Inductor
+    fuses away; channels-last lets it vectorise over channels (measured side by side:
+    benchmarks/train_throughput.py). ``net``'s weights are switched to channels-last in place (same values);
+    :func:`fit` switches them back. A machine where compilation fails (no C++ compiler) falls back to eager.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # fall back to eager rather than fail a training
+    net.to(memory_format=torch.channels_last)
+    compiled = torch.compile(net, dynamic=False)  # two static shapes: full batches and the last one
+
+    def forward(x):
+        return compiled(x.contiguous(memory_format=torch.channels_last))
+
+    return forward
+
+
 class Classification(L.LightningModule):
     """Any torch module mapping features to logits, trained with cross-entropy."""
 
-    def __init__(self, net: nn.Module, lr: float = 1e-3):
+    def __init__(self, net: nn.Module, lr: float = 1e-3, compiled: bool = False):
         super().__init__()
         self.net, self.lr = net, lr
+        # The training forward pass, compiled or not. Kept out of the module's children (and so out of its
+        # state_dict and checkpoints): it shares ``net``'s parameters. Validation runs ``net`` eagerly.
+        self.__dict__["_train_forward"] = compiled_forward(net) if compiled else net
         self.history: list[dict] = []
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._train_loss: list[torch.Tensor] = []
@@ -105,7 +143,7 @@ class Classification(L.LightningModule):
 
     def training_step(self, batch, _):
         x, y = batch
-        loss = F.cross_entropy(self.net(x), y)
+        loss = F.cross_entropy(self._train_forward(x), y)
         self._train_loss.append(loss.detach())
         return loss
 
@@ -166,8 +204,8 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     if len(X) == 0 or len(X_val) == 0:
         raise ValueError(f"cannot train with {len(X)} training and {len(X_val)} validation segments")
     L.seed_everything(config.seed, workers=True, verbose=False)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    module = Classification(net.train(), config.lr)
+    torch.set_num_threads(config.threads or cpu_count())
+    module = Classification(net.train(), config.lr, compiled=use_compile(config, len(X)))
     best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_log_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
     callbacks = [best, EarlyStopping("val_log_loss", patience=config.patience, mode="min"), _EpochLog(workdir /
@@ -186,7 +224,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
                     ckpt_path=str(last) if last.is_file() else None)
     state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
-    net = module.net.cpu().eval()
+    net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
     return net, module.history
 
 

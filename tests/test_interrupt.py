@@ -88,17 +88,19 @@ def assert_artifacts_whole(folder: Path) -> None:
 
 
 def test_killed_during_feature_caching_resumes_to_the_same_results(tmp_path):
-    # The embedded default has 318 recordings: two cache chunks, so a kill between them is possible.
+    # The embedded default holds about 26 minutes of audio: several cache chunks, so a kill between two is possible.
     args = ["--max-epochs", "2", "--skip", "prune", "quantize", "ensemble", "baselines"]
     finish(start(tmp_path / "reference", tmp_path / "cache_ref", *args))
+    n_chunks = len(list((tmp_path / "cache_ref").glob("logmel-*.npz")))
+    assert n_chunks >= 2
 
     cache = tmp_path / "cache"
     proc = start(tmp_path / "run", cache, *args)
     kill_when(proc, lambda: any(cache.glob("logmel-*.npz")))
     assert not (tmp_path / "run" / "features" / "summary.json").exists()
-    assert len(list(cache.glob("logmel-*.npz"))) == 1  # the second chunk was under way
+    assert 1 <= len(list(cache.glob("logmel-*.npz"))) < n_chunks  # killed while chunks were under way
     finish(start(tmp_path / "run", cache, *args))
-    assert len(list(cache.glob("logmel-*.npz"))) == 2
+    assert len(list(cache.glob("logmel-*.npz"))) == n_chunks
     assert numbers(tmp_path / "run") == numbers(tmp_path / "reference")
     assert leftovers(tmp_path / "run") == []
     assert_artifacts_whole(tmp_path / "run")
