@@ -125,7 +125,8 @@ def _mask(x: torch.Tensor, rng: np.random.Generator, p: float, width: int, axis:
     if not widths.any():
         return x
     pos = torch.arange(size)
-    m = (pos[None, :] >= torch.from_numpy(starts)[:, None]) & (pos[None, :] < torch.from_numpy(starts + widths)[:, None])
+    lo, hi = torch.from_numpy(starts)[:, None], torch.from_numpy(starts + widths)[:, None]
+    m = (pos[None, :] >= lo) & (pos[None, :] < hi)
     m = m.view(n, 1, size, 1) if axis == 2 else m.view(n, 1, 1, size)
     return torch.where(m, x.mean(dim=(1, 2, 3), keepdim=True), x)
 

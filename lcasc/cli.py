@@ -113,8 +113,9 @@ def _kd_config(args, paper_config):
     from lcasc.recipes import kd_config
 
     widths = None if args.teacher_widths is None else [w for w in args.teacher_widths if w != "none"]
+    ensemble = args.teacher_ensemble if args.teacher_ensemble is not None else "prune" not in (args.skip or ())
     return kd_config(paper_config, args.kd_lambda, args.kd_temperature, _augment_config(args, "kd"), widths,
-                     args.teacher_ensemble, args.teacher_logits)
+                     ensemble, args.teacher_logits)
 
 
 def _summary(run, res: dict) -> None:
@@ -360,12 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "recipe in DIR, then in DIR/kd teachers, distillation and augmentation for the unpruned "
                         "network and the fine-tuned pruned family, INT8 and ensembles; DIR/report.md compares both")
     g = p.add_argument_group("knowledge distillation (--recipe kd): loss = lambda*CE + (1-lambda)*tau^2*KL")
-    g.add_argument("--kd-lambda", type=float, help="weight of the label loss (default 0.1)")
+    g.add_argument("--kd-lambda", type=float, help="weight of the label loss (default 0.2)")
     g.add_argument("--kd-temperature", type=float, help="temperature tau (default 2)")
     g.add_argument("--teacher-widths", nargs="+", metavar="F1-F2-F3-D",
-                   help="wider CNNs the run trains first as teachers (default 64-64-128-256; 'none' for none)")
-    g.add_argument("--teacher-ensemble", action="store_true",
-                   help="also distil from the paper recipe's six pruned networks (their ensemble)")
+                   help="wider CNNs the run trains first as teachers (default 32-32-64-128; 'none' for none)")
+    g.add_argument("--teacher-ensemble", action=argparse.BooleanOptionalAction,
+                   help="also distil from the paper recipe's six pruned networks (their ensemble); default: yes "
+                        "unless the prune stage is skipped")
     g.add_argument("--teacher-logits", metavar="FILE",
                    help="per-segment teacher logits of the training clips: CSV filename,segment,<classes...> or "
                         "NPZ with filename, segment, logits, classes (e.g. a PaSST ensemble's)")

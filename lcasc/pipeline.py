@@ -377,9 +377,8 @@ def finetune_all(run: Run, nets: dict, config: TrainConfig) -> None:
 
     from tqdm.auto import tqdm
 
-    from lcasc.workers import exit_with_parent
-
     from lcasc.recipes import teacher_logits
+    from lcasc.workers import exit_with_parent
 
     tr, va = run.split("train"), run.split("validate")
     arrays = (tr.X, tr.y, va.X, va.y, teacher_logits(run))  # teacher logits: None in the paper recipe
