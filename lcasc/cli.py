@@ -195,7 +195,8 @@ def cmd_study(args) -> int:
 
     run = _existing_run(args)
     rows = run_study(run, args.kernels, args.activations, args.repeats, args.max_epochs, args.patience,
-                     args.workers, args.ray_address, progress=not args.quiet)
+                     args.workers, args.ray_address, progress=not args.quiet, recipes=args.recipes,
+                     augments=args.augment)
     print(study_table_markdown(rows), end="")
     report.write(run)
     return 0
@@ -430,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", metavar="ADDR",
                    help="run the jobs as Ray tasks: 'local' starts a local Ray instance, 'auto' or "
                         "'ray://host:10001' joins a cluster (workers need lcasc and the run directory)")
+    p.add_argument("--recipes", nargs="+", choices=["paper", "kd"], default=["paper"],
+                   help="training recipes to compare; kd distils from the teacher of DIR/kd (made by `lcasc run "
+                        "--recipe kd --out DIR`) with its lambda and temperature")
+    p.add_argument("--augment", nargs="+", default=["none"], metavar="SETTING",
+                   help="augmentation settings to compare: none, kd (the kd recipe's: Freq-MixStyle, masks, "
+                        "rolling) or key=value[,key=value] such as mixstyle_p=0.4,mixup_p=0.5")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("similarity", formatter_class=_Formatter, help="feature-map similarity between networks",
