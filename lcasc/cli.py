@@ -82,18 +82,23 @@ def cmd_run(args) -> int:
 def _augment_options(p: argparse.ArgumentParser) -> None:
     from lcasc.augment import AugmentConfig
 
-    d = AugmentConfig()
+    d, recipes_default = AugmentConfig(), argparse.SUPPRESS  # not given: the recipe decides
     g = p.add_argument_group("augmentation of the log-mel batches (default: none for --recipe paper; for kd "
                              "Freq-MixStyle p=0.4, masks and rolling p=0.5, no mixup)")
-    g.add_argument("--mixstyle-p", type=float, help="Freq-MixStyle probability per batch")
+    g.add_argument("--mixstyle-p", type=float, default=recipes_default,
+                   help="Freq-MixStyle probability per batch (default: the recipe's)")
     g.add_argument("--mixstyle-alpha", type=float, default=d.mixstyle_alpha, help="Freq-MixStyle Beta(a, a)")
-    g.add_argument("--mixup-p", type=float, help="mixup probability per batch")
+    g.add_argument("--mixup-p", type=float, default=recipes_default,
+                   help="mixup probability per batch (default: the recipe's)")
     g.add_argument("--mixup-alpha", type=float, default=d.mixup_alpha, help="mixup Beta(a, a)")
-    g.add_argument("--freq-mask-p", type=float, help="frequency masking probability per example")
+    g.add_argument("--freq-mask-p", type=float, default=recipes_default,
+                   help="frequency masking probability per example (default: the recipe's)")
     g.add_argument("--freq-mask-bands", type=int, default=d.freq_mask_bands, help="mel bands masked at most")
-    g.add_argument("--time-mask-p", type=float, help="time masking probability per example")
+    g.add_argument("--time-mask-p", type=float, default=recipes_default,
+                   help="time masking probability per example (default: the recipe's)")
     g.add_argument("--time-mask-frames", type=int, default=d.time_mask_frames, help="frames masked at most")
-    g.add_argument("--roll-p", type=float, help="time rolling probability per example")
+    g.add_argument("--roll-p", type=float, default=recipes_default,
+                   help="time rolling probability per example (default: the recipe's)")
     g.add_argument("--roll-frames", type=int, default=d.roll_frames, help="frames rolled at most, either way")
 
 
@@ -105,17 +110,18 @@ def _augment_config(args, recipe: str):
 
     given = {k: getattr(args, k) for k in ("mixstyle_p", "mixstyle_alpha", "mixup_p", "mixup_alpha", "freq_mask_p",
                                            "freq_mask_bands", "time_mask_p", "time_mask_frames", "roll_p",
-                                           "roll_frames") if getattr(args, k) is not None}
+                                           "roll_frames") if getattr(args, k, None) is not None}
     return replace(recipe_defaults(recipe), **given)
 
 
 def _kd_config(args, paper_config):
     from lcasc.recipes import kd_config
 
-    widths = None if args.teacher_widths is None else [w for w in args.teacher_widths if w != "none"]
-    ensemble = args.teacher_ensemble if args.teacher_ensemble is not None else "prune" not in (args.skip or ())
-    return kd_config(paper_config, args.kd_lambda, args.kd_temperature, _augment_config(args, "kd"), widths,
-                     ensemble, args.teacher_logits)
+    given = vars(args)
+    widths = [w for w in given["teacher_widths"] if w != "none"] if "teacher_widths" in given else None
+    ensemble = given.get("teacher_ensemble", "prune" not in (args.skip or ()))
+    return kd_config(paper_config, given.get("kd_lambda"), given.get("kd_temperature"), _augment_config(args, "kd"),
+                     widths, ensemble, given.get("teacher_logits"))
 
 
 def _summary(run, res: dict) -> None:
@@ -362,14 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "recipe in DIR, then in DIR/kd teachers, distillation and augmentation for the unpruned "
                         "network and the fine-tuned pruned family, INT8 and ensembles; DIR/report.md compares both")
     g = p.add_argument_group("knowledge distillation (--recipe kd): loss = lambda*CE + (1-lambda)*tau^2*KL")
-    g.add_argument("--kd-lambda", type=float, help="weight of the label loss (default 0.2)")
-    g.add_argument("--kd-temperature", type=float, help="temperature tau (default 2)")
-    g.add_argument("--teacher-widths", nargs="+", metavar="F1-F2-F3-D",
+    g.add_argument("--kd-lambda", type=float, default=argparse.SUPPRESS,
+                   help="weight of the label loss (default 0.2)")
+    g.add_argument("--kd-temperature", type=float, default=argparse.SUPPRESS,
+                   help="temperature tau (default 2)")
+    g.add_argument("--teacher-widths", nargs="+", metavar="F1-F2-F3-D", default=argparse.SUPPRESS,
                    help="wider CNNs the run trains first as teachers (default 32-32-64-128; 'none' for none)")
-    g.add_argument("--teacher-ensemble", action=argparse.BooleanOptionalAction,
+    g.add_argument("--teacher-ensemble", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="also distil from the paper recipe's six pruned networks (their ensemble); default: yes "
                         "unless the prune stage is skipped")
-    g.add_argument("--teacher-logits", metavar="FILE",
+    g.add_argument("--teacher-logits", metavar="FILE", default=argparse.SUPPRESS,
                    help="per-segment teacher logits of the training clips: CSV filename,segment,<classes...> or "
                         "NPZ with filename, segment, logits, classes (e.g. a PaSST ensemble's)")
     _augment_options(p)
