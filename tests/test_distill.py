@@ -178,3 +178,20 @@ def test_a_kd_run_on_the_embedded_default_finishes_and_reports_both_recipes(tmp_
     assert jobs["k3_TRTT"]["augment"] is None and jobs["k3_TRTT_aug-kd"]["augment"]["mixstyle_p"] == 0.4
     assert jobs["k3_TRTT_kd"]["train"]["kd_lambda"] == 0.2 and "kd_lambda" not in jobs["k3_TRTT"]["train"]
     assert len({j["weights_sha256"] for j in jobs.values()}) == 4  # each dimension changes the training
+
+
+def test_a_run_directory_of_an_older_lcasc_without_recipe_settings_is_still_accepted(tmp_path):
+    import yaml
+
+    from lcasc.pipeline import Run, RunConfig, RunError
+
+    Run(tmp_path / "run", RunConfig(), progress=False)
+    old = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    for key in ("recipe", "teacher_widths", "teacher_ensemble", "teacher_logits"):
+        old.pop(key)
+    for key in ("kd_lambda", "kd_temperature", "augment"):
+        old["train"].pop(key)
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
+    Run(tmp_path / "run", RunConfig(), progress=False)  # the same settings: accepted
+    with pytest.raises(RunError, match="different settings"):
+        Run(tmp_path / "run", RunConfig(recipe="kd"), progress=False)
