@@ -123,8 +123,10 @@ class Classification(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y, *teacher = batch
-        x, mix = augment.apply(x, self.config.augment, augment.batch_rng(self.config.seed, self.current_epoch,
-                                                                           batch_idx))
+        mix = None
+        if self.config.augment.active:  # the paper recipe: nothing drawn, the batch as it comes
+            x, mix = augment.apply(x, self.config.augment, augment.batch_rng(self.config.seed, self.current_epoch,
+                                                                               batch_idx))
         loss = distill.kd_loss(self.net(x), y, teacher[0] if teacher else None, self.config.kd_lambda,
                                self.config.kd_temperature, mix)
         self._train_loss.append(loss.detach())
