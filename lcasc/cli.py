@@ -45,7 +45,9 @@ def _config(args):
     return RunConfig(dataset=args.dataset, layout=args.layout, validation=args.validation,
                      silence_db=None if math.isnan(args.silence_db) else args.silence_db,
                      widths=args.widths, kernel_size=args.kernel_size, activations=args.activations,
-                     train=TrainConfig(max_epochs=args.max_epochs, patience=args.patience, seed=args.seed),
+                     train=TrainConfig(max_epochs=args.max_epochs, patience=args.patience, seed=args.seed,
+                                       **({"augment": _augment_config(args, "paper")} if getattr(
+                                           args, "recipe", None) == "paper" else {})),
                      cache_dir=args.cache_dir)
 
 
@@ -64,10 +66,63 @@ def _existing_run(args):
 def cmd_run(args) -> int:
     from lcasc.pipeline import run_all
 
+    if args.recipe == "kd":
+        from lcasc import recipes
+
+        paper = _new_run(args)
+        kd = recipes.run_kd(paper, _kd_config(args, paper.config), tuple(args.skip or ()))
+        _summary(kd, kd.results())
+        print(f"both recipes side by side: {paper.dir / 'report.md'}")
+        return 0
     run = _new_run(args)
     res = run_all(run, tuple(args.skip or ()))
     _summary(run, res)
     return 0
+
+
+def _augment_options(p: argparse.ArgumentParser) -> None:
+    from lcasc.augment import AugmentConfig
+
+    d, recipes_default = AugmentConfig(), argparse.SUPPRESS  # not given: the recipe decides
+    g = p.add_argument_group("augmentation of the log-mel batches (default: none for --recipe paper; for kd "
+                             "Freq-MixStyle p=0.4, masks and rolling p=0.5, no mixup)")
+    g.add_argument("--mixstyle-p", type=float, default=recipes_default,
+                   help="Freq-MixStyle probability per batch (default: the recipe's)")
+    g.add_argument("--mixstyle-alpha", type=float, default=d.mixstyle_alpha, help="Freq-MixStyle Beta(a, a)")
+    g.add_argument("--mixup-p", type=float, default=recipes_default,
+                   help="mixup probability per batch (default: the recipe's)")
+    g.add_argument("--mixup-alpha", type=float, default=d.mixup_alpha, help="mixup Beta(a, a)")
+    g.add_argument("--freq-mask-p", type=float, default=recipes_default,
+                   help="frequency masking probability per example (default: the recipe's)")
+    g.add_argument("--freq-mask-bands", type=int, default=d.freq_mask_bands, help="mel bands masked at most")
+    g.add_argument("--time-mask-p", type=float, default=recipes_default,
+                   help="time masking probability per example (default: the recipe's)")
+    g.add_argument("--time-mask-frames", type=int, default=d.time_mask_frames, help="frames masked at most")
+    g.add_argument("--roll-p", type=float, default=recipes_default,
+                   help="time rolling probability per example (default: the recipe's)")
+    g.add_argument("--roll-frames", type=int, default=d.roll_frames, help="frames rolled at most, either way")
+
+
+def _augment_config(args, recipe: str):
+    """The recipe's augmentation defaults, with every option the user gave."""
+    from dataclasses import replace
+
+    from lcasc.augment import recipe_defaults
+
+    given = {k: getattr(args, k) for k in ("mixstyle_p", "mixstyle_alpha", "mixup_p", "mixup_alpha", "freq_mask_p",
+                                           "freq_mask_bands", "time_mask_p", "time_mask_frames", "roll_p",
+                                           "roll_frames") if getattr(args, k, None) is not None}
+    return replace(recipe_defaults(recipe), **given)
+
+
+def _kd_config(args, paper_config):
+    from lcasc.recipes import kd_config
+
+    given = vars(args)
+    widths = [w for w in given["teacher_widths"] if w != "none"] if "teacher_widths" in given else None
+    ensemble = given.get("teacher_ensemble", "prune" not in (args.skip or ()))
+    return kd_config(paper_config, given.get("kd_lambda"), given.get("kd_temperature"), _augment_config(args, "kd"),
+                     widths, ensemble, given.get("teacher_logits"))
 
 
 def _summary(run, res: dict) -> None:
@@ -172,7 +227,8 @@ def cmd_study(args) -> int:
 
     run = _existing_run(args)
     rows = run_study(run, args.kernels, args.activations, args.repeats, args.max_epochs, args.patience,
-                     args.workers, args.ray_address, progress=not args.quiet)
+                     args.workers, args.ray_address, progress=not args.quiet, recipes=args.recipes,
+                     augments=args.augment)
     print(study_table_markdown(rows), end="")
     report.write(run)
     return 0
@@ -342,6 +398,24 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(p)
     p.add_argument("--skip", nargs="+", choices=["prune", "quantize", "ensemble", "similarity", "fuse", "baselines"],
                    metavar="STAGE", help="stages to leave out: prune, quantize, ensemble, similarity, fuse, baselines")
+    p.add_argument("--recipe", choices=["paper", "kd"], default="paper",
+                   help="paper: cross-entropy, no augmentation (reproduces the paper's tables); kd: the paper "
+                        "recipe in DIR, then in DIR/kd teachers, distillation and augmentation for the unpruned "
+                        "network and the fine-tuned pruned family, INT8 and ensembles; DIR/report.md compares both")
+    g = p.add_argument_group("knowledge distillation (--recipe kd): loss = lambda*CE + (1-lambda)*tau^2*KL")
+    g.add_argument("--kd-lambda", type=float, default=argparse.SUPPRESS,
+                   help="weight of the label loss (default 0.2)")
+    g.add_argument("--kd-temperature", type=float, default=argparse.SUPPRESS,
+                   help="temperature tau (default 2)")
+    g.add_argument("--teacher-widths", nargs="+", metavar="F1-F2-F3-D", default=argparse.SUPPRESS,
+                   help="wider CNNs the run trains first as teachers (default 32-32-64-128; 'none' for none)")
+    g.add_argument("--teacher-ensemble", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="also distil from the paper recipe's six pruned networks (their ensemble); default: yes "
+                        "unless the prune stage is skipped")
+    g.add_argument("--teacher-logits", metavar="FILE", default=argparse.SUPPRESS,
+                   help="per-segment teacher logits of the training clips: CSV filename,segment,<classes...> or "
+                        "NPZ with filename, segment, logits, classes (e.g. a PaSST ensemble's)")
+    _augment_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("features", formatter_class=_Formatter, help="start a run directory and compute features",
@@ -419,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", metavar="ADDR",
                    help="run the jobs as Ray tasks: 'local' starts a local Ray instance, 'auto' or "
                         "'ray://host:10001' joins a cluster (workers need lcasc and the run directory)")
+    p.add_argument("--recipes", nargs="+", choices=["paper", "kd"], default=["paper"],
+                   help="training recipes to compare; kd distils from the teacher of DIR/kd (made by `lcasc run "
+                        "--recipe kd --out DIR`) with its lambda and temperature")
+    p.add_argument("--augment", nargs="+", default=["none"], metavar="SETTING",
+                   help="augmentation settings to compare: none, kd (the kd recipe's: Freq-MixStyle, masks, "
+                        "rolling) or key=value[,key=value] such as mixstyle_p=0.4,mixup_p=0.5")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("similarity", formatter_class=_Formatter, help="feature-map similarity between networks",

@@ -50,6 +50,10 @@ class RunConfig:
     features: FeatureParams = field(default_factory=FeatureParams)
     train: TrainConfig = field(default_factory=TrainConfig)
     cache_dir: str | None = None  # feature cache; default $LCASC_CACHE_DIR or ~/.cache/lcasc/features
+    recipe: str = "paper"  # paper | kd: distilled from teachers (lcasc.recipes); a kd run lives in DIR/kd
+    teacher_widths: list[str] = field(default_factory=list)  # kd: wider CNNs the run trains first as teachers
+    teacher_ensemble: bool = False  # kd: the paper recipe's six pruned networks (DIR/..) as one more teacher
+    teacher_logits: str | None = None  # kd: per-segment teacher logits of the training clips (CSV/NPZ)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -167,6 +171,7 @@ class Run:
     def record(self, kind: str, entry: dict) -> None:
         """Insert or replace (by name) an entry of ``results.json`` ``kind`` ("networks" or "ensembles")."""
         res = self.results()
+        entry.setdefault("recipe", self.config.recipe)
         names = [e["name"] for e in res[kind]]
         if entry["name"] in names:  # in place: a rerun keeps the order of results.json
             res[kind][names.index(entry["name"])] = entry
@@ -207,7 +212,9 @@ def stage_train(run: Run, name: str = UNPRUNED) -> CNNClassifier:
     tr, va = run.split("train"), run.split("validate")
     clf = CNNClassifier(run.classes, spec=run.config.spec(len(run.classes)), train_config=run.config.train,
                         workdir=folder)
-    clf.fit(tr.X, tr.y, va.X, va.y)
+    from lcasc.recipes import teacher_logits
+
+    clf.fit(tr.X, tr.y, va.X, va.y, teacher_logits(run))  # teacher logits: None in the paper recipe
     clf.save(folder)
     if clf.history:
         plots.training_curves(clf.history, run.figure(f"training_{name}.png"), f"training: {name}")
@@ -372,10 +379,11 @@ def finetune_all(run: Run, nets: dict, config: TrainConfig) -> None:
 
     from tqdm.auto import tqdm
 
+    from lcasc.recipes import teacher_logits
     from lcasc.workers import cpu_count, exit_with_parent
 
     tr, va = run.split("train"), run.split("validate")
-    arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y)
+    arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y, teacher_logits(run))  # teacher: None in the paper recipe
     workers = min(len(nets), cpu_count())
     jobs = {name: (run.classes, net.spec.to_dict(), net.state_dict(), config, str(run.model_dir(name)), arrays)
             for name, net in nets.items()}

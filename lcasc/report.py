@@ -74,6 +74,9 @@ def write(run) -> str:
     parts += _fused_section(run, res)
     parts += _baseline_section(run, res)
     parts += _study_section(run)
+    from lcasc.recipes import report_section
+
+    parts += report_section(run)  # paper vs kd, when DIR/kd holds a kd run
     text = "\n".join(parts).rstrip() + "\n"
     write_text(run.dir / "report.md", text)
     return text

@@ -82,6 +82,7 @@ class Job:
     spec: dict  # CNNSpec.to_dict()
     train: dict  # TrainConfig fields (progress off)
     workdir: str
+    recipe: str = "paper"  # kd: distilled from the teacher logits of the run's kd recipe (DIR/kd)
 
     @property
     def result_path(self) -> Path:
@@ -110,7 +111,7 @@ def _weights_digest(net) -> str:
     return h.hexdigest()[:16]
 
 
-def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test) -> dict:
+def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test, teacher=None) -> dict:
     """Train and evaluate one network; returns the job's result (``job.json``). Deterministic for a seed."""
     import torch
 
@@ -127,7 +128,8 @@ def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test) -> dict:
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # job_config.json, or a resume
         torch.manual_seed(job.seed)
         net = LowComplexityCNN.from_spec(spec)
-        net, history = fit(net, X_train, y_train, X_val, y_val, config, job.workdir)
+        net, history = fit(net, X_train, y_train, X_val, y_val, config, job.workdir,
+                           np.asarray(teacher) if job.recipe == "kd" else None)
         threads = torch.get_num_threads()
         test = metrics.scores(torch.softmax(torch.from_numpy(predict_logits(net, X_test)), 1).numpy(), y_test,
                               spec.n_classes)
@@ -135,6 +137,7 @@ def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test) -> dict:
                              spec.n_classes)
     best = min(history, key=lambda h: h["val_log_loss"]) if history else {"epoch": None}
     return {"variant": job.variant, "kernel_size": job.kernel_size, "activations": job.activations,
+            "recipe": job.recipe, "augment": config.augment.to_dict() if config.augment.active else None,
             "widths": spec.widths, "repeat": job.repeat, "seed": job.seed,
             "accuracy": test["accuracy"], "class_avg_accuracy": test["class_avg_accuracy"],
             "log_loss": test["log_loss"], "val_log_loss": val["log_loss"], "val_accuracy": val["accuracy"],
@@ -144,7 +147,7 @@ def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test) -> dict:
 
 
 # -- local process pool ---------------------------------------------------------------------------------
-_DATA: tuple | None = None  # the six feature arrays of a pool worker
+_DATA: tuple | None = None  # a pool worker's feature arrays (and the teacher's logits, if any)
 
 
 def _init_worker(refs: tuple) -> None:
@@ -161,7 +164,7 @@ def _pool_job(job: Job) -> dict:
 
 
 def _array_names() -> list[str]:
-    return [f"{v}_{s}" for s in SPLITS for v in ("X", "y")]
+    return [f"{v}_{s}" for s in SPLITS for v in ("X", "y")] + ["teacher_train"]
 
 
 def _drive(jobs: list[Job], limit: int, submit, wait_some, cancel, on_result) -> None:
@@ -208,7 +211,7 @@ def _run_pool(jobs: list[Job], arrays: tuple, workers: int, folder: Path, on_res
     try:
         refs = []
         for name, arr in zip(_array_names(), arrays):
-            if not isinstance(arr, MappedRows):
+            if arr is not None and not isinstance(arr, MappedRows):  # teacher_train is None in the paper recipe
                 np.save(data / f"{name}.npy", np.ascontiguousarray(arr))
                 arr = MappedRows(str(data / f"{name}.npy"), 0, len(arr))
             refs.append(arr)
@@ -310,6 +313,8 @@ def aggregate(results: list[dict], complexity_of: dict[str, dict]) -> list[dict]
     for variant in dict.fromkeys(r["variant"] for r in results):
         rs = sorted((r for r in results if r["variant"] == variant), key=lambda r: r["seed"])
         row = {"variant": variant, "kernel_size": rs[0]["kernel_size"], "activations": rs[0]["activations"],
+               "series": rs[0]["activations"] + variant.removeprefix(f"k{rs[0]['kernel_size']}_{rs[0]['activations']}"),
+               "recipe": rs[0].get("recipe", "paper"), "augment": rs[0].get("augment"),
                "widths": rs[0]["widths"], **complexity_of[variant], "repeats": len(rs),
                "seeds": [r["seed"] for r in rs]}
         for key in ("accuracy", "class_avg_accuracy", "log_loss", "val_log_loss", "epochs"):
@@ -322,13 +327,15 @@ def aggregate(results: list[dict], complexity_of: dict[str, dict]) -> list[dict]
 
 def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, max_epochs: int | None = None,
               patience: int | None = None, workers: int | None = None, ray_address: str | None = None,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, recipes=("paper",), augments=("none",)) -> list[dict]:
     """The architecture study of the paper on ``run`` (a :class:`lcasc.pipeline.Run`).
 
     Trains ``len(kernels) x len(activations) x repeats`` networks of ``run.config.widths`` (seeds
     ``run.config.train.seed + repeat``), with ``max_epochs``/``patience`` overriding the run's training
     settings; finished jobs are reused. Runs on ``workers`` local processes (default: every core), or as
-    Ray tasks when ``ray_address`` is given ("local", "auto", "ray://host:10001"). Writes
+    Ray tasks when ``ray_address`` is given ("local", "auto", "ray://host:10001"). ``recipes`` (paper, kd) and
+    ``augments`` (see :func:`parse_augment`) are two more dimensions: ``kd`` variants distil from the teacher
+    logits of the run's kd recipe (``DIR/kd``, made by ``lcasc run --recipe kd``) with its λ and τ. Writes
     ``study/summary.json`` and the two figures; returns the per-variant rows of the summary.
     """
     from lcasc import complexity
@@ -344,17 +351,25 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
     study_dir = run.dir / "study"
     base_spec = run.config.spec(len(run.classes))
 
+    recipes, augments = _recipe_dimensions(run, recipes, augments)
     jobs, complexity_of = [], {}
     for k in kernels:
         for act in activations:
             spec = replace(base_spec, kernel_size=k, activations=act)
-            name = variant_name(k, act)
             cx = complexity.of_spec(spec)
-            complexity_of[name] = {"params": cx.params, "macs": cx.macs}
-            for r in range(repeats):
-                seed = base.seed + r
-                cfg = {key: v for key, v in asdict(replace(train, seed=seed)).items() if key in _TRAIN_KEYS}
-                jobs.append(Job(name, k, act, r, seed, spec.to_dict(), cfg, str(study_dir / name / f"seed{seed}")))
+            for recipe, kd in recipes.items():
+                for tag, aug in augments.items():
+                    name = variant_name(k, act) + ("" if recipe == "paper" else f"_{recipe}") + (
+                        "" if tag == "none" else f"_aug-{tag}")
+                    complexity_of[name] = {"params": cx.params, "macs": cx.macs}
+                    for r in range(repeats):
+                        seed = base.seed + r
+                        cfg = {key: v for key, v in asdict(replace(train, seed=seed)).items() if key in _TRAIN_KEYS}
+                        cfg.update(kd)
+                        if aug.active:  # only then: a paper job's settings stay those of older studies
+                            cfg["augment"] = aug.to_dict()
+                        jobs.append(Job(name, k, act, r, seed, spec.to_dict(), cfg,
+                                        str(study_dir / name / f"seed{seed}"), recipe))
     todo = [job for job in jobs if _prepare(job)]
     where = f"Ray ({ray_address})" if ray_address else f"{min(workers, len(todo))} local processes"
     log.info("study: %d variants x %d repeats = %d jobs, %d already done%s", len(kernels) * len(activations),
@@ -369,7 +384,8 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
             from lcasc.pipeline import RunError
 
             raise RunError("the test split has no usable segments to evaluate the study on")
-        arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y, te.shareable_X(), te.y)
+        arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y, te.shareable_X(), te.y,
+                  _study_teacher(run, recipes))
         with tqdm(total=len(todo), desc="study", unit="net", disable=not progress) as bar:
             def on_result(job: Job, result: dict) -> None:
                 write_json(job.result_path, {**result, **complexity_of[job.variant]})
@@ -419,9 +435,9 @@ def plot_kernels(rows: list[dict], path) -> None:
     kernels = sorted({r["kernel_size"] for r in rows})
     params = {r["kernel_size"]: r["params"] for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    patterns = list(dict.fromkeys(r["activations"] for r in rows))
+    patterns = list(dict.fromkeys(r.get("series", r["activations"]) for r in rows))
     for i, act in enumerate(patterns):
-        rs = sorted((r for r in rows if r["activations"] == act), key=lambda r: r["kernel_size"])
+        rs = sorted((r for r in rows if r.get("series", r["activations"]) == act), key=lambda r: r["kernel_size"])
         shift = 0.08 * (i - (len(patterns) - 1) / 2)  # a small offset keeps the error bars apart
         x = [r["kernel_size"] + shift for r in rs]
         for ax, key, scale in ((axes[0], "accuracy", 100), (axes[1], "log_loss", 1)):
@@ -445,7 +461,7 @@ def plot_activations(rows: list[dict], path, kernel_size: int | None = None) -> 
     kernels = [r["kernel_size"] for r in rows]
     k = kernel_size if kernel_size is not None else (PAPER_KERNEL if PAPER_KERNEL in kernels else kernels[0])
     rs = [r for r in rows if r["kernel_size"] == k]
-    names = [r["activations"] for r in rs]
+    names = [r.get("series", r["activations"]) for r in rs]
     fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 2.0 + 1.2 * len(rs)), 3.6))
     for ax, key, scale, label, color in ((axes[0], "accuracy", 100, "accuracy (%)", "tab:blue"),
                                          (axes[1], "log_loss", 1, "log-loss", "tab:orange")):
@@ -466,3 +482,54 @@ def plot_activations(rows: list[dict], path, kernel_size: int | None = None) -> 
     fig.suptitle(f"activation patterns at kernel {k}×{k} (mean ± std over {max(r['repeats'] for r in rs)} runs)")
     fig.tight_layout()
     _save(fig, path)
+
+
+# -- recipe and augmentation dimensions ---------------------------------------------------------------------
+def parse_augment(text: str):
+    """``none`` (no augmentation), ``kd`` (the kd recipe's), or ``key=value[,key=value...]`` of
+    :class:`lcasc.augment.AugmentConfig` fields, e.g. ``mixstyle_p=0.4,freq_mask_p=0.5``."""
+    from lcasc.augment import AugmentConfig, recipe_defaults
+
+    if text in ("none", "paper"):
+        return AugmentConfig()
+    if text == "kd":
+        return recipe_defaults("kd")
+    try:
+        pairs = dict(item.split("=", 1) for item in text.split(","))
+        return AugmentConfig.coerce({k.strip(): float(v) if "." in v else int(v) for k, v in pairs.items()})
+    except ValueError as e:
+        raise ValueError(f"augmentation setting {text!r}: {e if '=' in text else 'write key=value[,key=value]'}; "
+                         "keys: mixstyle_p, mixstyle_alpha, mixup_p, mixup_alpha, freq_mask_p, freq_mask_bands, "
+                         "time_mask_p, time_mask_frames, roll_p, roll_frames (or none, kd)") from None
+
+
+def _recipe_dimensions(run, recipes, augments) -> tuple[dict, dict]:
+    """({recipe: training overrides}, {tag: AugmentConfig}), checked."""
+    recipes, augments = list(dict.fromkeys(recipes or ("paper",))), list(dict.fromkeys(augments or ("none",)))
+    unknown = [r for r in recipes if r not in ("paper", "kd")]
+    if unknown:
+        raise ValueError(f"unknown recipe(s) {', '.join(unknown)}; choose paper or kd")
+    out = {"paper": {}} if "paper" in recipes else {}
+    if "kd" in recipes:
+        kd = _kd_run(run).config.train
+        out["kd"] = {"kd_lambda": kd.kd_lambda, "kd_temperature": kd.kd_temperature}
+    return out, {a.replace(",", "+"): parse_augment(a) for a in augments}
+
+
+def _kd_run(run):
+    from lcasc.pipeline import Run, RunError
+    from lcasc.recipes import KD_DIR
+
+    if not (run.dir / KD_DIR / "config.yaml").is_file():
+        raise RunError(f"kd variants distil from the teacher of {run.dir / KD_DIR}: run `lcasc run --recipe kd "
+                       f"--out {run.dir}` (or with --skip prune quantize ensemble ...) first")
+    return Run(run.dir / KD_DIR, progress=False)
+
+
+def _study_teacher(run, recipes: dict) -> np.ndarray:
+    """The kd run's cached teacher logits of the training split (an empty array without kd variants)."""
+    if "kd" not in recipes:
+        return np.zeros((0, len(run.classes)), np.float32)
+    from lcasc.recipes import teacher_logits
+
+    return teacher_logits(_kd_run(run))

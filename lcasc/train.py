@@ -12,7 +12,7 @@ import csv
 import io
 import logging
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from torch import nn
 
+from lcasc import augment, distill
 from lcasc.io import write_text
 from lcasc.workers import cpu_count
 
@@ -49,6 +50,17 @@ class TrainConfig:
     progress: bool = True
     threads: int | None = None  # CPU threads; None: every core (fine-tuning jobs use one each, side by side)
     compile: bool | None = None  # torch.compile the training step; None: on CPU when the set is large (below)
+    # Knowledge distillation (lcasc.distill): weight of the label loss (1: plain cross-entropy) and temperature.
+    kd_lambda: float = 1.0
+    kd_temperature: float = 2.0
+    augment: augment.AugmentConfig = field(default_factory=augment.AugmentConfig)  # off by default (paper)
+
+    def __post_init__(self):
+        self.augment = augment.AugmentConfig.coerce(self.augment)
+        if not 0.0 <= self.kd_lambda <= 1.0:
+            raise ValueError(f"kd_lambda must be in [0, 1], got {self.kd_lambda}")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be positive, got {self.kd_temperature}")
 
 
 # torch.compile's one-off cost (tens of seconds per training) pays off from about this many training segments
@@ -89,19 +101,23 @@ class EpochBatches(torch.utils.data.Sampler):
 class _InMemory(torch.utils.data.Dataset):
     """Features as one tensor; a memory-mapped float32 X (lcasc.features) is wrapped, not copied."""
 
-    def __init__(self, X: np.ndarray, y: np.ndarray):
+    def __init__(self, X: np.ndarray, y: np.ndarray, teacher: np.ndarray | None = None):
         self.X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).unsqueeze(1)
         self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        self.teacher = None if teacher is None else torch.from_numpy(np.asarray(teacher, dtype=np.float32))
 
     def __len__(self):
         return len(self.y)
 
     def __getitem__(self, idx):  # idx is a whole batch of indices
-        return self.X[idx], self.y[idx]
+        if self.teacher is None:
+            return self.X[idx], self.y[idx]
+        return self.X[idx], self.y[idx], self.teacher[idx]
 
 
-def loader(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool, epoch=lambda: 0):
-    return torch.utils.data.DataLoader(_InMemory(X, y), batch_size=None,
+def loader(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool, epoch=lambda: 0,
+           teacher: np.ndarray | None = None):
+    return torch.utils.data.DataLoader(_InMemory(X, y, teacher), batch_size=None,
                                        sampler=EpochBatches(len(y), batch_size, seed, shuffle, epoch))
 
 
@@ -126,11 +142,13 @@ def compiled_forward(net: nn.Module):
 
 
 class Classification(L.LightningModule):
-    """Any torch module mapping features to logits, trained with cross-entropy."""
+    """Any torch module mapping features to logits, trained with cross-entropy, or with the distillation loss
+    of :mod:`lcasc.distill` when batches carry teacher logits, on batches augmented by :mod:`lcasc.augment`."""
 
-    def __init__(self, net: nn.Module, lr: float = 1e-3, compiled: bool = False):
+    def __init__(self, net: nn.Module, lr: float = 1e-3, config: TrainConfig | None = None, compiled: bool = False):
         super().__init__()
         self.net, self.lr = net, lr
+        self.config = config or TrainConfig()
         # The training forward pass, compiled or not. Kept out of the module's children (and so out of its
         # state_dict and checkpoints): it shares ``net``'s parameters. Validation runs ``net`` eagerly.
         self.__dict__["_train_forward"] = compiled_forward(net) if compiled else net
@@ -141,9 +159,14 @@ class Classification(L.LightningModule):
     def forward(self, x):
         return self.net(x)
 
-    def training_step(self, batch, _):
-        x, y = batch
-        loss = F.cross_entropy(self._train_forward(x), y)
+    def training_step(self, batch, batch_idx):
+        x, y, *teacher = batch
+        mix = None
+        if self.config.augment.active:  # the paper recipe: nothing drawn, the batch as it comes
+            x, mix = augment.apply(x, self.config.augment, augment.batch_rng(self.config.seed, self.current_epoch,
+                                                                               batch_idx))
+        loss = distill.kd_loss(self._train_forward(x), y, teacher[0] if teacher else None, self.config.kd_lambda,
+                               self.config.kd_temperature, mix)
         self._train_loss.append(loss.detach())
         return loss
 
@@ -193,19 +216,23 @@ class _EpochLog(Callback):
 
 
 def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
-        config: TrainConfig, workdir: str | Path) -> tuple[nn.Module, list[dict]]:
+        config: TrainConfig, workdir: str | Path, teacher_logits: np.ndarray | None = None
+        ) -> tuple[nn.Module, list[dict]]:
     """Train ``net`` in place; returns it with the weights of the lowest validation log-loss, and the history.
 
     ``workdir`` holds ``last.ckpt`` (resumed from if present), ``best.ckpt`` and ``train_log.csv``.
-    X: (N, 40, 51) float32, y: (N,) int64.
+    X: (N, 40, 51) float32, y: (N,) int64; ``teacher_logits`` (N, n_classes): distil from them with
+    ``config.kd_lambda`` and ``config.kd_temperature`` (early stopping still watches the validation log-loss).
     """
+    if teacher_logits is not None and (np.ndim(teacher_logits) != 2 or len(teacher_logits) != len(y)):
+        raise ValueError(f"teacher logits of shape {np.shape(teacher_logits)} for {len(y)} training segments")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if len(X) == 0 or len(X_val) == 0:
         raise ValueError(f"cannot train with {len(X)} training and {len(X_val)} validation segments")
     L.seed_everything(config.seed, workers=True, verbose=False)
     torch.set_num_threads(config.threads or cpu_count())
-    module = Classification(net.train(), config.lr, compiled=use_compile(config, len(X)))
+    module = Classification(net.train(), config.lr, config, compiled=use_compile(config, len(X)))
     best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_log_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
     callbacks = [best, EarlyStopping("val_log_loss", patience=config.patience, mode="min"), _EpochLog(workdir /
@@ -219,7 +246,8 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*(LeafSpec|treespec|TreeSpec).*")
-        trainer.fit(module, loader(X, y, config.batch_size, config.seed, True, lambda: trainer.current_epoch),
+        trainer.fit(module, loader(X, y, config.batch_size, config.seed, True, lambda: trainer.current_epoch,
+                                        teacher_logits),
                     loader(X_val, y_val, 1024, config.seed, False),
                     ckpt_path=str(last) if last.is_file() else None)
     state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)
