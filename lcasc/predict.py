@@ -54,7 +54,7 @@ from lcasc.registry import mean_probabilities, resolve
 log = logging.getLogger("lcasc")
 FORMATS = ("table", "json", "csv", "dcase")
 BACKENDS = ("auto", "torch", "onnx", "tflite")
-SILENCE_DB = -60.0  # a file whose every second is below this RMS level carries no scene (as in training)
+SILENCE_DB = -60.0  # runs whose config.yaml predates silence_db left out segments below this level
 FILES_PER_GROUP = 8  # files decoded and featurised by one worker task in predict_files
 FILES_PER_BATCH = 256  # files whose segments the network classifies in one call ...
 SEGMENTS_PER_BATCH = 2048  # ... or fewer when they hold more segments than this
@@ -71,8 +71,8 @@ class Prediction:
     ``per_second`` (n_segments, n_classes) float32: one row per 1-second segment (a last partial second of
     >= 0.5 s is zero-padded, a shorter tail dropped; a recording under 1 s gives one padded segment).
     ``probabilities`` (n_classes,) float32: their mean. ``duration`` in seconds of audio as decoded.
-    ``silent``: every segment is below -60 dBFS RMS, so the scene is a guess (silence was left out of
-    training).
+    ``silent``: every segment is below the run's silence level (``silence_db``, -60 dBFS RMS by default), so
+    the scene is a guess (such segments were left out of training).
     """
 
     name: str
@@ -218,13 +218,16 @@ def tflm_classifier(path: Path, classes: list[str], arena_bytes: int | None = No
     return TFLiteMicroClassifier(path, classes)
 
 
-def _feature_params(config_path: Path) -> FeatureParams:
-    """The run's feature parameters (``features:`` of config.yaml; defaults where it says nothing)."""
+def _front_end(config_path: Path) -> tuple[FeatureParams, float | None]:
+    """The run's feature parameters (``features:`` of config.yaml; defaults where it says nothing) and its
+    silence level (``silence_db``: segments below it were left out of training; None: none were)."""
     try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-        features = (config or {}).get("features") or {}
-        return FeatureParams(**{k: v for k, v in features.items() if k in FeatureParams.__dataclass_fields__})
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError) as e:
+        config = (yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}) or {}
+        features = config.get("features") or {}
+        params = FeatureParams(**{k: v for k, v in features.items() if k in FeatureParams.__dataclass_fields__})
+        silence_db = config.get("silence_db", SILENCE_DB)
+        return params, None if silence_db is None else float(silence_db)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
         raise PredictError(f"{config_path}: cannot read its feature settings ({e})") from None
 
 
@@ -325,25 +328,28 @@ class Predictor:
         runnable = resolve(self.run_dir, name, backend, results)  # what the run's evaluation of `name` ran
         self.name, self.members, self.backend = runnable.name, runnable.members, runnable.backend
         self.classifier = runnable.classifier
-        self.params = _feature_params(self.run_dir / "config.yaml")
+        self.params, self.silence_db = _front_end(self.run_dir / "config.yaml")
 
     # -- one recording ------------------------------------------------------------------------------------
 
     def _waveform(self, source, sample_rate) -> tuple[np.ndarray, str]:
         """(samples,) float32 mono at 44.1 kHz and the name to report, from a path or an array."""
+        rate = self.params.sample_rate
         if isinstance(source, (str, Path)):
-            return audio.load(source), str(source)
+            return audio.load(source, rate), str(source)
         if sample_rate is None:
             raise ValueError("pass sample_rate (Hz) with an array")
-        return audio.to_mono_44k(source, sample_rate), "<array>"
+        return audio.to_mono_44k(source, sample_rate, target_rate=rate), "<array>"
 
     def _decode(self, source, sample_rate=None) -> _Decoded:
         """Segments of a path or an array; raises :class:`lcasc.audio.AudioError`."""
         x, name = self._waveform(source, sample_rate)
-        segments = audio.segment(x, self.params.min_last_segment)
-        # Mean power per segment against the silence level; float32 sums are plenty for a threshold test.
+        rate = self.params.sample_rate
+        segments = audio.segment(x, self.params.min_last_segment, rate)
+        # Mean power per segment against the run's silence level; float32 sums are plenty for a threshold test.
         power = np.einsum("ij,ij->i", segments, segments) / segments.shape[1]
-        return _Decoded(segments, x.size / audio.SAMPLE_RATE, name, bool(np.all(power < 10 ** (SILENCE_DB / 10))))
+        silent = self.silence_db is not None and bool(np.all(power < 10 ** (self.silence_db / 10)))
+        return _Decoded(segments, x.size / rate, name, silent)
 
     def _finish(self, d: _Decoded, probs: np.ndarray) -> Prediction:
         return Prediction(d.name, self.classes, probs.astype(np.float32, copy=False),
@@ -375,7 +381,7 @@ class Predictor:
             except audio.AudioError as e:
                 items.append(e)
         segments = [d.segments for d in items if isinstance(d, _Decoded)]
-        n_frames = 1 + int(audio.SAMPLE_RATE * audio.SEGMENT_SECONDS) // self.params.hop_length
+        n_frames = 1 + int(self.params.sample_rate * audio.SEGMENT_SECONDS) // self.params.hop_length
         features = (logmel(np.concatenate(segments), self.params, workers=1) if segments
                     else np.zeros((0, self.params.n_mels, n_frames), np.float32))
         return items, features

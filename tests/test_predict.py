@@ -234,3 +234,18 @@ def test_auto_backend_ignores_an_onnx_file_older_than_its_model(run_dir, tmp_pat
     onnx = copy / "models" / name / "model.onnx"
     os.utime(onnx, ns=(pt.stat().st_mtime_ns - 10**9, pt.stat().st_mtime_ns - 10**9))
     assert load(copy).backend == "torch"
+
+
+def test_silence_flag_uses_the_runs_silence_level(run_dir, tmp_path):
+    """A file is flagged silent against the level the run left out of training (config.yaml's silence_db)."""
+    import yaml
+
+    quiet = np.random.default_rng(1).normal(0, 10 ** (-45 / 20), 44100 * 2).astype(np.float32)  # ≈ -45 dBFS
+    assert not load(run_dir, backend="torch").predict(quiet, 44100).silent  # the default run: -60 dBFS
+    copy = tmp_path / "run copy"
+    shutil.copytree(run_dir, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    for level, silent in ((-30.0, True), (None, False)):
+        config["silence_db"] = level
+        (copy / "config.yaml").write_text(yaml.safe_dump(config))
+        assert load(copy, backend="torch").predict(quiet, 44100).silent is silent
