@@ -21,7 +21,7 @@ import numpy as np
 
 import lcasc
 from lcasc.io import read_json
-from lcasc.pipeline import Run
+from lcasc.run import Run
 
 
 def main(argv: list[str] | None = None) -> int:

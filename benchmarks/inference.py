@@ -40,7 +40,9 @@ from lcasc.io import read_json
 def ensure_run(run_dir: Path | None) -> Path:
     """A finished run directory with ONNX and INT8 files for its float networks."""
     from lcasc.cli import main as lcasc_main
-    from lcasc.pipeline import Run, int8_available, stage_quantize
+    from lcasc.run import Run
+    from lcasc.stages.quantize import int8_available
+    from lcasc.stages.quantize import run as stage_quantize
 
     if run_dir is None:
         run_dir = Path("runs/default") if (Path("runs/default") / "results.json").is_file() else Path("runs/benchmark")

@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from lcasc import names
+
 DEFAULT_OUT = "runs/default"
 
 
@@ -17,8 +19,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 def _run_options(p: argparse.ArgumentParser, out_flag: str = "--out") -> None:
     p.add_argument("--dataset", metavar="PATH", help="dataset folder or CSV; default: the embedded ESC-10 folds 1-4")
-    p.add_argument("--layout", choices=["tau22", "folder", "csv"], help="dataset layout; detected when omitted")
-    p.add_argument("--validation", choices=["holdout", "evaluate"], default="holdout",
+    p.add_argument("--layout", choices=names.LAYOUTS, help="dataset layout; detected when omitted")
+    p.add_argument("--validation", choices=names.TAU22_PROTOCOLS, default="holdout",
                    help="TAU22 protocol: holdout validates on 30 %% of fold1_train (grouped by location, as the "
                         "DCASE 2022 baseline) and tests on fold1_evaluate; evaluate validates on fold1_evaluate, "
                         "which is also the test split (the paper's choice: test numbers are then optimistic)")
@@ -39,7 +41,7 @@ def _run_options(p: argparse.ArgumentParser, out_flag: str = "--out") -> None:
 def _config(args):
     import math
 
-    from lcasc.pipeline import RunConfig
+    from lcasc.run import RunConfig
     from lcasc.train import TrainConfig
 
     return RunConfig(dataset=args.dataset, layout=args.layout, validation=args.validation,
@@ -52,25 +54,23 @@ def _config(args):
 
 
 def _new_run(args):
-    from lcasc.pipeline import Run
+    from lcasc.run import Run
 
     return Run(args.out, _config(args), progress=not args.quiet)
 
 
 def _existing_run(args):
-    from lcasc.pipeline import Run
+    from lcasc.run import Run
 
     return Run(args.run, progress=not args.quiet)
 
 
 def cmd_run(args) -> int:
-    from lcasc.pipeline import run_all
+    from lcasc.pipeline import run_all, run_kd
 
     if args.recipe == "kd":
-        from lcasc import recipes
-
         paper = _new_run(args)
-        kd = recipes.run_kd(paper, _kd_config(args, paper.config), tuple(args.skip or ()))
+        kd = run_kd(paper, _kd_config(args, paper.config), tuple(args.skip or ()))
         _summary(kd, kd.results())
         print(f"both recipes side by side: {paper.dir / 'report.md'}")
         return 0
@@ -141,66 +141,64 @@ def _summary(run, res: dict) -> None:
 
 
 def cmd_features(args) -> int:
-    from lcasc.pipeline import stage_features
+    from lcasc.stages import features
 
-    summary = stage_features(_new_run(args))
+    summary = features.run(_new_run(args))
     print(json.dumps({k: v for k, v in summary.items() if k != "problems"}, indent=2))
     return 0
 
 
 def cmd_train(args) -> int:
-    from lcasc.pipeline import stage_train
+    from lcasc.stages import train
 
     run = _existing_run(args)
-    stage_train(run)
+    train.run(run)
     print(f"model: {run.model_dir('unpruned') / 'model.pt'}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from lcasc import report
-    from lcasc.pipeline import stage_evaluate
+    from lcasc.stages import evaluate, report
 
     run = _existing_run(args)
-    entry = stage_evaluate(run)
-    report.write(run)
+    entry = evaluate.run(run)
+    report.run(run)
     print(json.dumps(entry, indent=2))
     return 0
 
 
 def cmd_prune(args) -> int:
-    from lcasc import report
-    from lcasc.pipeline import stage_prune
+    from lcasc.stages import prune, report
 
     run = _existing_run(args)
-    for e in stage_prune(run, args.layers, args.criterion, args.max_epochs, args.patience):
+    for e in prune.run(run, args.layers, args.criterion, args.max_epochs, args.patience):
         print(f"{e['name']:<24} {e['widths']:<14} removed {sum(len(v) for v in e['removed'].values()):>3}  "
               f"acc {100 * e['before_finetune']['accuracy']:5.1f} -> {100 * e['accuracy']:5.1f} %  "
               f"log-loss {e['before_finetune']['log_loss']:.3f} -> {e['log_loss']:.3f}")
-    report.write(run)
+    report.run(run)
     return 0
 
 
 def cmd_quantize(args) -> int:
-    from lcasc import report
-    from lcasc.pipeline import RunError, int8_available, stage_quantize
+    from lcasc.run import RunError
+    from lcasc.stages import quantize, report
 
-    if not int8_available():
+    if not quantize.int8_available():
         raise RunError("INT8 export needs TensorFlow, tflite-micro and ONNX Runtime: pip install 'lcasc[tflite]'")
     run = _existing_run(args)
-    for e in stage_quantize(run, args.models, args.calibration_segments):
+    for e in quantize.run(run, args.models, args.calibration_segments):
         print(f"{e['name']:<24} acc {100 * e['float_accuracy']:5.1f} -> {100 * e['accuracy']:5.1f} %  log-loss "
               f"{e['float_log_loss']:.3f} -> {e['log_loss']:.3f}  {e['file_bytes']:>7,} bytes  "
               f"arena {e['arena_bytes']:>7,} bytes  {e['file']}")
-    report.write(run)
+    report.run(run)
     return 0
 
 
 def cmd_export(args) -> int:
-    from lcasc import report
     from lcasc.mcu.run_export import ExportError, export
     from lcasc.mcu.toolchain import BuildError
-    from lcasc.pipeline import Run, RunError
+    from lcasc.run import Run, RunError
+    from lcasc.stages import report
 
     try:
         r = export(args.run, args.out, args.model, args.ensemble, args.clips, not args.no_check, not args.quiet)
@@ -217,12 +215,12 @@ def cmd_export(args) -> int:
               f"front end {fl['front_end']:,}, C library {fl['c_library']:,}); network RAM {ram['network_total']:,} "
               f"B; instructions: front end {ins['front_end']:,}, network {ins['network']:,} "
               f"({ins['per_mac']} per MAC)")
-    report.write(Run(args.run, progress=False))
+    report.run(Run(args.run, progress=False))
     return 0
 
 
 def cmd_study(args) -> int:
-    from lcasc import report
+    from lcasc.stages import report
     from lcasc.study import run_study, study_table_markdown
 
     run = _existing_run(args)
@@ -230,47 +228,44 @@ def cmd_study(args) -> int:
                      args.workers, args.ray_address, progress=not args.quiet, recipes=args.recipes,
                      augments=args.augment)
     print(study_table_markdown(rows), end="")
-    report.write(run)
+    report.run(run)
     return 0
 
 
 def cmd_similarity(args) -> int:
-    from lcasc import report
-    from lcasc.pipeline import stage_similarity
+    from lcasc.stages import report, similarity
 
     run = _existing_run(args)
-    summary = stage_similarity(run, tuple(args.layer or ("C1", "C2", "C3")), args.clips, args.threshold)
+    summary = similarity.run(run, tuple(args.layer or ("C1", "C2", "C3")), args.clips, args.threshold)
     for layer, res in summary["layers"].items():
         print(f"{layer}: {len(res['shared'])} pairs of maps with MSE <= {args.threshold:g} "
               f"over {summary['n_clips']} clips")
         for a, b, k in res["shared"][:20]:
             print(f"  {a} ~ {b}: map {k}")
-    report.write(run)
+    report.run(run)
     return 0
 
 
 def cmd_fuse(args) -> int:
-    from lcasc import report
-    from lcasc.pipeline import stage_fuse
+    from lcasc.stages import fuse, report
 
     run = _existing_run(args)
-    for e in stage_fuse(run, args.threshold, args.members):
+    for e in fuse.run(run, args.threshold, args.members):
         print(f"{e['name']:<22} {e['precision']:<8} acc {100 * e['accuracy']:5.1f} %  log-loss {e['log_loss']:.3f}  "
               f"params {e['params']:>7,}  MACs {e['macs']:>11,}  (saves {e['saved']['params']:,} params, "
               f"{e['saved']['macs']:,} MACs)")
-    report.write(run)
+    report.run(run)
     return 0
 
 
 def cmd_ensemble(args) -> int:
-    from lcasc import report
-    from lcasc.pipeline import stage_ensemble
+    from lcasc.stages import ensemble, report
 
     run = _existing_run(args)
-    for e in stage_ensemble(run, args.members, args.budget_params, args.budget_macs):
+    for e in ensemble.run(run, args.members, args.budget_params, args.budget_macs):
         print(f"{e['name']:<32} {len(e['members'])} members  acc {100 * e['accuracy']:5.1f} %  "
               f"log-loss {e['log_loss']:.3f}  params {e['params']:>7,}  MACs {e['macs']:>11,}  {e['size_kb']} KB")
-    report.write(run)
+    report.run(run)
     return 0
 
 
@@ -339,22 +334,21 @@ def cmd_predict(args) -> int:
 
 
 def cmd_baselines(args) -> int:
-    from lcasc import report
-    from lcasc.pipeline import stage_baselines
+    from lcasc.stages import baselines, report
 
     run = _existing_run(args)
-    for e in stage_baselines(run, args.only, args.vggish_weights, args.vggish_epochs, args.refit):
+    for e in baselines.run(run, args.only, args.vggish_weights, args.vggish_epochs, args.refit):
         print(f"{e['name']:<8} acc {100 * e['accuracy']:5.1f} %  log-loss {e['log_loss']:.3f}  "
               f"best {e['best_params'] or '-'}  ({e['fit_seconds']} s)")
-    report.write(run)
+    report.run(run)
     return 0
 
 
 def cmd_report(args) -> int:
-    from lcasc import report
+    from lcasc.stages import report
 
     run = _existing_run(args)
-    report.write(run)
+    report.run(run)
     print(run.dir / "report.md")
     return 0
 
@@ -396,9 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "INT8 (TFLite Micro, ONNX) -> ensembles -> baselines (GMM, RF, MLP, DLSI) -> "
                                    "report, into DIR. Rerunning the same command resumes an interrupted run.")
     _run_options(p)
-    p.add_argument("--skip", nargs="+", choices=["prune", "quantize", "ensemble", "similarity", "fuse", "baselines"],
+    p.add_argument("--skip", nargs="+", choices=names.SKIPPABLE_STAGES,
                    metavar="STAGE", help="stages to leave out: prune, quantize, ensemble, similarity, fuse, baselines")
-    p.add_argument("--recipe", choices=["paper", "kd"], default="paper",
+    p.add_argument("--recipe", choices=names.RECIPES, default="paper",
                    help="paper: cross-entropy, no augmentation (reproduces the paper's tables); kd: the paper "
                         "recipe in DIR, then in DIR/kd teachers, distillation and augmentation for the unpruned "
                         "network and the fine-tuned pruned family, INT8 and ensembles; DIR/report.md compares both")
@@ -436,9 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "distance between rank-1 filter prototypes, METHOD-NOTES §5), build the smaller "
                                    "networks for each layer combination, fine-tune and evaluate them.")
     p.add_argument("--run", required=True, metavar="DIR", help="run directory with a trained unpruned network")
-    p.add_argument("--layers", nargs="+", choices=["C1", "C2", "C3", "C12", "C23", "C123"],
+    p.add_argument("--layers", nargs="+", choices=list(names.LAYER_SETS),
                    help="layer combinations to prune (default: all six of paper Table 2)")
-    p.add_argument("--criterion", choices=["similarity", "l1", "random"], default="similarity",
+    p.add_argument("--criterion", choices=names.CRITERIA, default="similarity",
                    help="which filters go: similar pairs (the paper), or, removing as many per layer, the "
                         "smallest L1 norms or random ones (for comparison)")
     p.add_argument("--max-epochs", type=int, help="fine-tuning epochs at most (default: the run's --max-epochs)")
@@ -493,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", metavar="ADDR",
                    help="run the jobs as Ray tasks: 'local' starts a local Ray instance, 'auto' or "
                         "'ray://host:10001' joins a cluster (workers need lcasc and the run directory)")
-    p.add_argument("--recipes", nargs="+", choices=["paper", "kd"], default=["paper"],
+    p.add_argument("--recipes", nargs="+", choices=names.RECIPES, default=["paper"],
                    help="training recipes to compare; kd distils from the teacher of DIR/kd (made by `lcasc run "
                         "--recipe kd --out DIR`) with its lambda and temperature")
     p.add_argument("--augment", nargs="+", default=["none"], metavar="SETTING",
@@ -508,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "grow with --clips); the pairs of maps under --threshold; heat maps and the "
                                    "Figure 5 analogue as PNG. Writes DIR/similarity.json.")
     p.add_argument("--run", required=True, metavar="DIR", help="run directory with pruned networks")
-    p.add_argument("--layer", nargs="+", choices=["C1", "C2", "C3"], help="layers (default: all three)")
+    p.add_argument("--layer", nargs="+", choices=names.LAYERS, help="layers (default: all three)")
     p.add_argument("--clips", type=int, default=10_000, help="validation clips at most (default as in the paper)")
     p.add_argument("--threshold", type=float, default=1e-4, help="maps with MSE at most this count as shared")
     p.set_defaults(func=cmd_similarity)
@@ -552,13 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--ensemble", metavar="NAME", help="ensemble name from results.json; ensemble_fused runs the "
                                                           "fused module, ensemble_fused_int8 its INT8 file, *_int8 "
                                                           "ensembles their INT8 members")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx", "tflite"], default="auto",
+    p.add_argument("--backend", choices=names.BACKENDS, default="auto",
                    help="torch: the float PyTorch model; onnx: ONNX Runtime on models/NAME/model.onnx; tflite: "
                         "the INT8 file models/NAME/model_int8.tflite in TensorFlow Lite Micro; auto: onnx where "
                         "its file exists and onnxruntime is installed (~4x faster than torch here, same "
                         "probabilities to < 1e-6), else torch (INT8 networks: tflite). ONNX and INT8 files "
                         "come from `lcasc quantize --run DIR`")
-    p.add_argument("--format", choices=["table", "json", "csv", "dcase"], default="table",
+    p.add_argument("--format", choices=names.FORMATS, default="table",
                    help="table: scene per file; json: scene, probabilities and per-second probabilities; csv: "
                         "one row per second; dcase: tab-separated filename, scene_label, one probability column "
                         "per class (the DCASE 2022 Task 1 output file); a file that cannot be read is an error "
@@ -574,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="GMM, random forest, MLP, DLSI (time-averaged log-mel) and VGGish (end to end), "
                                    "hyper-parameters chosen on the validation split, evaluated on the test split.")
     p.add_argument("--run", required=True, metavar="DIR", help="run directory")
-    p.add_argument("--only", nargs="+", choices=["gmm", "rf", "mlp", "dlsi", "vggish"],
+    p.add_argument("--only", nargs="+", choices=names.BASELINES,
                    help="which baselines (default: gmm rf mlp dlsi; VGGish only on request, it costs ~1 GMAC/s)")
     p.add_argument("--vggish-weights", metavar="PATH",
                    help="state dict of the torchvggish port (.pth) to initialise VGGish's convolutions")
@@ -611,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from lcasc.audio import AudioError
     from lcasc.data import DatasetError
-    from lcasc.pipeline import RunError
+    from lcasc.run import RunError
     from lcasc.workers import WORKERS_ENV
 
     try:

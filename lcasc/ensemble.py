@@ -1,5 +1,5 @@
-"""Ensembles: the equal-weight mean of member probabilities (paper §3), and the search for the best subset
-of members within a parameter/MAC budget."""
+"""Which members an ensemble has: paper Table 3's subsets, and the best subset of members within a
+parameter/MAC budget (the mean itself: :func:`lcasc.classifier.mean_probabilities`)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,8 @@ from itertools import combinations
 import numpy as np
 
 from lcasc import metrics
+from lcasc.classifier import mean_probabilities
 from lcasc.complexity import DCASE_MAX_MACS, DCASE_MAX_PARAMS, Complexity, total
-
-
-class EnsembleClassifier:
-    """Mean of the members' ``predict_proba``; members are any classifiers with the same class order."""
-
-    def __init__(self, members: list, names: list[str] | None = None):
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        classes = [list(m.classes) for m in members]
-        if any(c != classes[0] for c in classes):
-            raise ValueError("ensemble members disagree on the class order")
-        self.members, self.classes = list(members), classes[0]
-        self.names = names or [f"member{i}" for i in range(len(members))]
-
-    def fit(self, X, y, X_val=None, y_val=None) -> EnsembleClassifier:
-        for m in self.members:
-            m.fit(X, y, X_val, y_val)
-        return self
-
-    def predict_proba(self, X) -> np.ndarray:
-        return np.mean([np.asarray(m.predict_proba(X), dtype=np.float64) for m in self.members], axis=0)
 
 
 def paper_table3_subsets(names: list[str]) -> list[tuple[str, ...]]:
@@ -56,7 +36,7 @@ def best_subset(val_probs: dict[str, np.ndarray], y_val: np.ndarray, costs: dict
             cx = total([costs[n] for n in subset])
             if cx.params > max_params or cx.macs > max_macs:
                 continue
-            scores = metrics.scores(np.mean([val_probs[n] for n in subset], axis=0), y_val, n_classes)
+            scores = metrics.scores(mean_probabilities([val_probs[n] for n in subset]), y_val, n_classes)
             if best is None or scores["log_loss"] < best[1]["log_loss"]:
                 best = (subset, scores)
     return best

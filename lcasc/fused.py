@@ -255,11 +255,6 @@ class FusedEnsemble(nn.Module):
         """Always evaluation mode: a fused ensemble is built from trained members and is not trained."""
         return super().train(False)
 
-    def member_channels(self, layer: str) -> dict[str, list[int]]:
-        """Member -> the pool ids (distinct maps of ``layer``) that stand for its channels, in its order."""
-        where = {(n, g.index): g.id for g in self.plan[layer] for n in g.users}
-        return {n: [where[n, i] for i in self.kept[n][layer]] for n in self.names}
-
     def sharing(self) -> dict:
         """Per layer: ``member_maps`` (sum of the members' widths), ``distinct_maps`` (computed here),
         ``shared`` ([[original index, representative, [users]]] for maps used by more than one member)."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import ctypes
-import importlib.util
 import io
 import json
 import logging
@@ -49,19 +48,14 @@ import yaml
 
 from lcasc import audio
 from lcasc.features import FeatureParams, cpu_count, logmel
-from lcasc.registry import mean_probabilities, resolve
+from lcasc.names import BACKENDS, FORMATS
+from lcasc.registry import PredictError, read_results, resolve
 
 log = logging.getLogger("lcasc")
-FORMATS = ("table", "json", "csv", "dcase")
-BACKENDS = ("auto", "torch", "onnx", "tflite")
 SILENCE_DB = -60.0  # runs whose config.yaml predates silence_db left out segments below this level
 FILES_PER_GROUP = 8  # files decoded and featurised by one worker task in predict_files
 FILES_PER_BATCH = 256  # files whose segments the network classifies in one call ...
 SEGMENTS_PER_BATCH = 2048  # ... or fewer when they hold more segments than this
-
-
-class PredictError(ValueError):
-    """A predictor cannot be built as asked (unknown name, missing file or package); one line for the user."""
 
 
 @dataclass
@@ -87,137 +81,6 @@ class Prediction:
         return self.classes[int(np.argmax(self.probabilities))]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# classifiers behind the backends
-
-
-class _MeanOfMembers:
-    """Equal-weight mean of member probabilities (paper §3); as :class:`lcasc.ensemble.EnsembleClassifier`
-    without importing the training stack."""
-
-    def __init__(self, members: list, names: list[str]):
-        self.members, self.names, self.classes = members, names, list(members[0].classes)
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """(N, n_mels, n_frames) float32 -> (N, n_classes) float32."""
-        return mean_probabilities([m.predict_proba(X) for m in self.members])
-
-
-class _TorchCNN:
-    """A float :class:`lcasc.models.cnn.LowComplexityCNN` prepared for inference only: BatchNorm folded into
-    its convolution (one op fewer per layer), channels-last memory (oneDNN's fast layout for 3x3
-    convolutions), ``torch.inference_mode``, large batches. Same function as the trained network (float
-    rounding apart, < 1e-6 in probability)."""
-
-    def __init__(self, folder: Path, batch_size: int = 1024):
-        import copy
-
-        import torch
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-        from lcasc.models.cnn import CNNClassifier
-
-        clf = CNNClassifier.load(folder)
-        net = copy.deepcopy(clf.net).eval()
-        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
-            setattr(net, conv, fuse_conv_bn_eval(getattr(net, conv), getattr(net, bn)))
-            setattr(net, bn, torch.nn.Identity())
-        self.net = net.to(memory_format=torch.channels_last)
-        self.classes, self.batch_size, self._torch = clf.classes, batch_size, torch
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """(N, n_mels, n_frames) float32 -> (N, n_classes) float32."""
-        torch = self._torch
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        out = np.empty((len(X), len(self.classes)), np.float32)
-        with torch.inference_mode():
-            for s in range(0, len(X), self.batch_size):
-                x = torch.from_numpy(X[s:s + self.batch_size]).unsqueeze(1)
-                out[s:s + len(x)] = torch.softmax(self.net(x.contiguous(memory_format=torch.channels_last)), 1)
-        return out
-
-
-def _onnx_runner(path: Path, classes: list[str]):
-    """:class:`lcasc.quantize.OnnxClassifier` on ``path``, with a session whose threads sleep instead of
-    spinning when idle. Why: ONNX Runtime's idle threads spin-wait by default and so take CPU from the
-    decoding and log-mel threads that run beside the network in :meth:`Predictor.predict_files` (measured
-    on 2 cores: end to end +15 % clips/s; the network alone is as fast either way)."""
-    import onnxruntime as ort
-
-    from lcasc.quantize import OnnxClassifier
-
-    clf = OnnxClassifier(path, classes)  # checks the file against the classes
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = cpu_count()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if hasattr(clf, "_session"):  # else the runner keeps its own session (ONNX Runtime's defaults)
-        clf._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return clf
-
-
-def _needs(module: str, backend: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise PredictError(f"the {backend} backend needs the Python package {module!r}: "
-                           f"pip install 'lcasc[tflite]'")
-
-
-def _exported(path: Path, run_dir: Path) -> Path:
-    if not path.is_file():
-        raise PredictError(f"{path}: no such file; export it first with `lcasc quantize --run {run_dir}`")
-    return path
-
-
-def _onnx_usable(folder: Path) -> bool:
-    """Whether ``auto`` may use ``folder/model.onnx``: present, not older than ``model.pt`` (a network
-    retrained after its export would otherwise answer with stale weights), ONNX Runtime installed."""
-    onnx, pt = folder / "model.onnx", folder / "model.pt"
-    return (onnx.is_file() and (not pt.is_file() or onnx.stat().st_mtime_ns >= pt.stat().st_mtime_ns)
-            and importlib.util.find_spec("onnxruntime") is not None)
-
-
-def _network_classifier(run_dir: Path, entry: dict, classes: list[str], backend: str):
-    """(classifier, backend used) for one network entry of results.json."""
-    name = entry["name"]
-    if entry.get("kind", "cnn") != "cnn":
-        raise PredictError(f"{run_dir}: {name!r} is a {entry.get('kind')} (comparison method, not saved for "
-                           f"prediction); choose a CNN network or an ensemble")
-    int8 = entry.get("precision") == "int8"
-    folder = (run_dir / entry["file"]).parent if int8 and entry.get("file") else run_dir / "models" / name
-    if backend == "auto":
-        backend = "tflite" if int8 else ("onnx" if _onnx_usable(folder) else "torch")
-    if backend == "torch":
-        if int8:
-            raise PredictError(f"{name!r} is an INT8 network: run it with --backend tflite (TFLite Micro) or onnx "
-                               f"(QDQ), or use its float network {name.removesuffix('_int8')!r} with torch")
-        if not (folder / "model.pt").is_file():
-            raise PredictError(f"{folder / 'model.pt'}: no trained model here (run `lcasc run` or `lcasc train`)")
-        return _TorchCNN(folder), backend
-    if backend == "onnx":
-        _needs("onnxruntime", backend)
-        return _onnx_runner(_exported(folder / ("model_int8.onnx" if int8 else "model.onnx"), run_dir),
-                            classes), backend
-    if backend == "tflite":
-        _needs("tflite_micro", backend)
-        return tflm_classifier(_exported(folder / "model_int8.tflite", run_dir), classes,
-                               entry.get("arena_bytes")), backend
-    raise PredictError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-
-
-def tflm_classifier(path: Path, classes: list[str], arena_bytes: int | None = None):
-    """:class:`lcasc.quantize.TFLiteMicroClassifier` on ``path``. ``arena_bytes``: the arena the run measured
-    for this file (results.json), used when it still suffices: measuring it again costs ~0.3 s per file, a
-    lot for an ensemble of INT8 members; another TFLM version that needs more gets it measured."""
-    from lcasc.quantize import ARENA_MARGIN, TFLiteMicroClassifier
-
-    if arena_bytes:
-        try:
-            return TFLiteMicroClassifier(path, classes, arena_size=int(arena_bytes) + ARENA_MARGIN)
-        except RuntimeError:  # TFLM could not allocate the tensors in it
-            pass
-    return TFLiteMicroClassifier(path, classes)
-
-
 def _front_end(config_path: Path) -> tuple[FeatureParams, float | None]:
     """The run's feature parameters (``features:`` of config.yaml; defaults where it says nothing) and its
     silence level (``silence_db``: segments below it were left out of training; None: none were)."""
@@ -229,19 +92,6 @@ def _front_end(config_path: Path) -> tuple[FeatureParams, float | None]:
         return params, None if silence_db is None else float(silence_db)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
         raise PredictError(f"{config_path}: cannot read its feature settings ({e})") from None
-
-
-def _read_results(run_dir: Path) -> dict:
-    path = run_dir / "results.json"
-    if not path.is_file():
-        raise PredictError(f"{run_dir}: no results.json; is this a finished run directory (lcasc run --out DIR)?")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PredictError(f"{path}: cannot read it ({e})") from None
-    if not isinstance(results, dict) or not isinstance(results.get("networks"), list):
-        raise PredictError(f"{path}: not a results file of lcasc (no list of networks)")
-    return results
 
 
 def _chosen_name(run_dir: Path, results: dict, model: str | None, ensemble: str | None) -> str:
@@ -320,7 +170,7 @@ class Predictor:
         if backend not in BACKENDS:
             raise PredictError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         self.run_dir = Path(run_dir)
-        results = _read_results(self.run_dir)
+        results = read_results(self.run_dir)
         self.classes = list(results.get("classes") or [])
         name = _chosen_name(self.run_dir, results, model, ensemble)
         if not self.classes:

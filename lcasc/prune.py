@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from lcasc.models.cnn import LowComplexityCNN
+from lcasc.names import CRITERIA
 
 LAYERS = ("C1", "C2", "C3")
-CRITERIA = ("similarity", "l1", "random")
 
 
 def _kernel(weight) -> np.ndarray:

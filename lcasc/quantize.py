@@ -125,7 +125,7 @@ def _without_log_message(logger: logging.Logger, fragment: str):
         logger.removeFilter(keep)
 
 
-def _logmel(X: np.ndarray) -> np.ndarray:
+def _feature_batch(X: np.ndarray) -> np.ndarray:
     """(N, n_mels, n_frames) or (N, 1, n_mels, n_frames) features -> (N, n_mels, n_frames) float32."""
     X = np.asarray(X, dtype=np.float32)
     if X.ndim == 4 and X.shape[1] == 1:
@@ -137,7 +137,7 @@ def _logmel(X: np.ndarray) -> np.ndarray:
 
 def _calibration_subset(calibration: np.ndarray, spec, max_samples: int, seed: int = 0) -> np.ndarray:
     """At most ``max_samples`` clips of ``calibration`` (a fixed random subset when there are more)."""
-    X = _logmel(calibration)
+    X = _feature_batch(calibration)
     if X.shape[1:] != (spec.n_mels, spec.n_frames):
         raise ValueError(f"calibration clips are {X.shape[1:]}, the network expects {(spec.n_mels, spec.n_frames)}")
     if len(X) == 0:
@@ -473,7 +473,7 @@ class TFLiteMicroClassifier(_InferenceOnly):
 
     def quantize_input(self, X: np.ndarray) -> np.ndarray:
         """(N, n_mels, n_frames) float log-mel -> (N, n_mels, n_frames) int8 as the file expects it."""
-        return quantize_int8(_logmel(X), *self._qparams(self.input_detail))
+        return quantize_int8(_feature_batch(X), *self._qparams(self.input_detail))
 
     def invoke_int8(self, Xq: np.ndarray) -> np.ndarray:
         """(N, n_mels, n_frames) int8 inputs -> (N, n_classes) int8 outputs, one TFLM invoke per clip."""
@@ -524,7 +524,7 @@ class LiteRTClassifier(_InferenceOnly):
 
     def quantize_input(self, X: np.ndarray) -> np.ndarray:
         """(N, n_mels, n_frames) float log-mel -> int8 with the input tensor's scale and zero point."""
-        return quantize_int8(_logmel(X), *self.input_detail["quantization"])
+        return quantize_int8(_feature_batch(X), *self.input_detail["quantization"])
 
     def _resize(self, n: int) -> None:
         if n != self._batch:
@@ -558,7 +558,7 @@ class LiteRTClassifier(_InferenceOnly):
         return self.invoke_tensors(X, [self.output_detail["index"]])[0]
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = _logmel(X)
+        X = _feature_batch(X)
         if not self.int8:
             return probabilities_from_logits(self.invoke_raw(X), len(self.classes))
         q = self.invoke_raw(self.quantize_input(X))
@@ -583,7 +583,7 @@ def compare_tflm_litert(path: str | os.PathLike, X: np.ndarray) -> dict:
     """
     from tflite_micro.python.tflite_micro import runtime
 
-    X = _logmel(X)
+    X = _feature_batch(X)
     ops = tflite_ops(path)
     indices = [op["outputs"][0]["index"] for op in ops]
     ref = LiteRTClassifier(path, ["?"] * int(ops[-1]["outputs"][0]["shape"][-1]), reference_kernels=True,
@@ -654,7 +654,7 @@ def quantize_onnx_int8(float_path: str | os.PathLike, out_path: str | os.PathLik
     """
     from onnxruntime import quantization as ortq
 
-    X = _logmel(calibration)
+    X = _feature_batch(calibration)
     if len(X) == 0:
         raise ValueError("calibration needs at least one clip")
     if len(X) > max_samples:
@@ -698,7 +698,7 @@ class OnnxClassifier(_InferenceOnly):
         self.classes = _check_classes(classes, int(n_out), self.path)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = _logmel(X)
+        X = _feature_batch(X)
         outs = [self._session.run(None, {self._input: X[i:i + self.batch_size]})[0]
                 for i in range(0, len(X), self.batch_size)]
         logits = np.concatenate(outs) if outs else np.empty((0, len(self.classes)), np.float32)

@@ -31,7 +31,6 @@ from lcasc import distill
 from lcasc.io import read_json, write_json
 
 log = logging.getLogger("lcasc")
-RECIPES = ("paper", "kd")
 KD_DIR = "kd"
 TEACHER = "teacher"
 # A 4x-MAC teacher (~21 M MACs) that trains in minutes on 2 CPU cores; 64-64-128-256 (~80 M MACs) is
@@ -102,7 +101,8 @@ def _paper_ensemble_teacher(run) -> tuple[dict, tuple[np.ndarray, ...]]:
     mean probabilities, as the ensemble predicts."""
     from lcasc import metrics
     from lcasc.models.cnn import CNNClassifier
-    from lcasc.pipeline import LAYER_SETS, RunError, pruned_name
+    from lcasc.names import LAYER_SETS, pruned_name
+    from lcasc.run import RunError
 
     parent = run.dir.parent
     names = [pruned_name(c) for c in LAYER_SETS]
@@ -140,7 +140,7 @@ def stage_teacher(run) -> dict:
         teachers.append({"kind": "file", "file": cfg.teacher_logits})
         train.append(_log_softmax(given))
     if not teachers:
-        from lcasc.pipeline import RunError
+        from lcasc.run import RunError
 
         raise RunError("the kd recipe needs a teacher: teacher widths, the paper ensemble or a logits file")
     combined = np.mean(train, axis=0)  # mean log-probability: one teacher's softmax(·/τ) is unchanged by it
@@ -165,22 +165,6 @@ def teacher_logits(run) -> np.ndarray | None:
     stage_teacher(run)
     names, segments = distill.keys(run, "train")
     return distill.align(run.model_dir(TEACHER) / "train_logits.npz", names, segments, run.classes)
-
-
-def run_kd(paper_run, config, skip: tuple[str, ...] = ()):
-    """``lcasc run --recipe kd``: the paper recipe in ``DIR`` (reused when done), the kd recipe in ``DIR/kd``,
-    then ``DIR/report.md`` with both side by side. Returns the kd Run."""
-    from lcasc import report
-    from lcasc.pipeline import Run, run_all
-
-    run_all(paper_run, skip)
-    kd_run = Run(paper_run.dir / KD_DIR, config, progress=paper_run.progress)
-    t0 = time.perf_counter()
-    stage_teacher(kd_run)
-    kd_run.update_results(teacher_seconds=round(time.perf_counter() - t0, 2))
-    run_all(kd_run, tuple(skip) + ("baselines",))  # baselines do not distil: the paper run has them
-    report.write(paper_run)
-    return kd_run
 
 
 # -- report -------------------------------------------------------------------------------------------------

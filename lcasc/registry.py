@@ -25,10 +25,20 @@ the error says what to run instead.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from lcasc.classifier import EnsembleClassifier
+from lcasc.names import BACKENDS
+from lcasc.workers import cpu_count
+
+
+class PredictError(ValueError):
+    """A predictor cannot be built as asked (unknown name, missing file or package); one line for the user."""
 
 
 @dataclass
@@ -43,13 +53,6 @@ class Runnable:
     members: list[str]
 
 
-def mean_probabilities(member_probs: list[np.ndarray]) -> np.ndarray:
-    """Equal-weight mean (paper §3) of (N, C) member probabilities, summed in float64, as float32. The
-    ensemble stage and ``lcasc predict`` both average with this, so that an ensemble of INT8 members gives
-    bit-identical probabilities in both."""
-    return np.mean([np.asarray(p, np.float64) for p in member_probs], axis=0).astype(np.float32)
-
-
 def resolve(run_dir: str | Path, name: str, backend: str = "auto", results: dict | None = None) -> Runnable:
     """The classifier of the ``results.json`` entry ``name`` (network, INT8 network, baseline or ensemble).
 
@@ -57,10 +60,8 @@ def resolve(run_dir: str | Path, name: str, backend: str = "auto", results: dict
     :class:`lcasc.predict.PredictError` with one line for the user when the name is unknown or its files
     are missing or unusable.
     """
-    from lcasc.predict import BACKENDS, PredictError, _network_classifier, _read_results
-
     run_dir = Path(run_dir)
-    results = _read_results(run_dir) if results is None else results
+    results = read_results(run_dir) if results is None else results
     if backend not in BACKENDS:
         raise PredictError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     classes = list(results.get("classes") or [])
@@ -80,17 +81,14 @@ def resolve(run_dir: str | Path, name: str, backend: str = "auto", results: dict
     missing = [m for m in entry["members"] if m not in nets]
     if missing:
         raise PredictError(f"{run_dir}: ensemble {name!r} lists unknown network(s) {', '.join(missing)}")
-    from lcasc.predict import _MeanOfMembers
-
     built = [resolve(run_dir, m, backend, results) for m in entry["members"]]
     members = list(entry["members"])
-    return Runnable(name, _MeanOfMembers([b.classifier for b in built], members),
+    return Runnable(name, EnsembleClassifier([b.classifier for b in built], members),
                     "+".join(dict.fromkeys(b.backend for b in built)), members)
 
 
 def _baseline(run_dir: Path, entry: dict, classes: list[str], backend: str) -> Runnable:
     from lcasc import saved_models
-    from lcasc.predict import PredictError
 
     name = entry["name"]
     if backend not in ("auto", "torch"):
@@ -105,7 +103,6 @@ def _baseline(run_dir: Path, entry: dict, classes: list[str], backend: str) -> R
 
 def _fused(run_dir: Path, entry: dict, classes: list[str], backend: str) -> Runnable:
     from lcasc import saved_models
-    from lcasc.predict import PredictError, _needs, tflm_classifier
 
     name, members = entry["name"], list(entry["members"])
     if entry.get("precision") == "int8":
@@ -126,3 +123,133 @@ def _fused(run_dir: Path, entry: dict, classes: list[str], backend: str) -> Runn
         raise PredictError(str(e)) from None
     module.classes = classes
     return Runnable(name, module, "torch", members)
+
+
+# -- the runtimes behind the backends ----------------------------------------------------------------------
+class _TorchCNN:
+    """A float :class:`lcasc.models.cnn.LowComplexityCNN` prepared for inference only: BatchNorm folded into
+    its convolution (one op fewer per layer), channels-last memory (oneDNN's fast layout for 3x3
+    convolutions), ``torch.inference_mode``, large batches. Same function as the trained network (float
+    rounding apart, < 1e-6 in probability)."""
+
+    def __init__(self, folder: Path, batch_size: int = 1024):
+        import copy
+
+        import torch
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        from lcasc.models.cnn import CNNClassifier
+
+        clf = CNNClassifier.load(folder)
+        net = copy.deepcopy(clf.net).eval()
+        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+            setattr(net, conv, fuse_conv_bn_eval(getattr(net, conv), getattr(net, bn)))
+            setattr(net, bn, torch.nn.Identity())
+        self.net = net.to(memory_format=torch.channels_last)
+        self.classes, self.batch_size, self._torch = clf.classes, batch_size, torch
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """(N, n_mels, n_frames) float32 -> (N, n_classes) float32."""
+        torch = self._torch
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        out = np.empty((len(X), len(self.classes)), np.float32)
+        with torch.inference_mode():
+            for s in range(0, len(X), self.batch_size):
+                x = torch.from_numpy(X[s:s + self.batch_size]).unsqueeze(1)
+                out[s:s + len(x)] = torch.softmax(self.net(x.contiguous(memory_format=torch.channels_last)), 1)
+        return out
+
+
+def _onnx_runner(path: Path, classes: list[str]):
+    """:class:`lcasc.quantize.OnnxClassifier` on ``path``, with a session whose threads sleep instead of
+    spinning when idle. Why: ONNX Runtime's idle threads spin-wait by default and so take CPU from the
+    decoding and log-mel threads that run beside the network in :meth:`Predictor.predict_files` (measured
+    on 2 cores: end to end +15 % clips/s; the network alone is as fast either way)."""
+    import onnxruntime as ort
+
+    from lcasc.quantize import OnnxClassifier
+
+    clf = OnnxClassifier(path, classes)  # checks the file against the classes
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = cpu_count()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if hasattr(clf, "_session"):  # else the runner keeps its own session (ONNX Runtime's defaults)
+        clf._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return clf
+
+
+def _needs(module: str, backend: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise PredictError(f"the {backend} backend needs the Python package {module!r}: "
+                           f"pip install 'lcasc[tflite]'")
+
+
+def _exported(path: Path, run_dir: Path) -> Path:
+    if not path.is_file():
+        raise PredictError(f"{path}: no such file; export it first with `lcasc quantize --run {run_dir}`")
+    return path
+
+
+def _onnx_usable(folder: Path) -> bool:
+    """Whether ``auto`` may use ``folder/model.onnx``: present, not older than ``model.pt`` (a network
+    retrained after its export would otherwise answer with stale weights), ONNX Runtime installed."""
+    onnx, pt = folder / "model.onnx", folder / "model.pt"
+    return (onnx.is_file() and (not pt.is_file() or onnx.stat().st_mtime_ns >= pt.stat().st_mtime_ns)
+            and importlib.util.find_spec("onnxruntime") is not None)
+
+
+def _network_classifier(run_dir: Path, entry: dict, classes: list[str], backend: str):
+    """(classifier, backend used) for one network entry of results.json."""
+    name = entry["name"]
+    if entry.get("kind", "cnn") != "cnn":
+        raise PredictError(f"{run_dir}: {name!r} is a {entry.get('kind')} (comparison method, not saved for "
+                           f"prediction); choose a CNN network or an ensemble")
+    int8 = entry.get("precision") == "int8"
+    folder = (run_dir / entry["file"]).parent if int8 and entry.get("file") else run_dir / "models" / name
+    if backend == "auto":
+        backend = "tflite" if int8 else ("onnx" if _onnx_usable(folder) else "torch")
+    if backend == "torch":
+        if int8:
+            raise PredictError(f"{name!r} is an INT8 network: run it with --backend tflite (TFLite Micro) or onnx "
+                               f"(QDQ), or use its float network {name.removesuffix('_int8')!r} with torch")
+        if not (folder / "model.pt").is_file():
+            raise PredictError(f"{folder / 'model.pt'}: no trained model here (run `lcasc run` or `lcasc train`)")
+        return _TorchCNN(folder), backend
+    if backend == "onnx":
+        _needs("onnxruntime", backend)
+        return _onnx_runner(_exported(folder / ("model_int8.onnx" if int8 else "model.onnx"), run_dir),
+                            classes), backend
+    if backend == "tflite":
+        _needs("tflite_micro", backend)
+        return tflm_classifier(_exported(folder / "model_int8.tflite", run_dir), classes,
+                               entry.get("arena_bytes")), backend
+    raise PredictError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def tflm_classifier(path: Path, classes: list[str], arena_bytes: int | None = None):
+    """:class:`lcasc.quantize.TFLiteMicroClassifier` on ``path``. ``arena_bytes``: the arena the run measured
+    for this file (results.json), used when it still suffices: measuring it again costs ~0.3 s per file, a
+    lot for an ensemble of INT8 members; another TFLM version that needs more gets it measured."""
+    from lcasc.quantize import ARENA_MARGIN, TFLiteMicroClassifier
+
+    if arena_bytes:
+        try:
+            return TFLiteMicroClassifier(path, classes, arena_size=int(arena_bytes) + ARENA_MARGIN)
+        except RuntimeError:  # TFLM could not allocate the tensors in it
+            pass
+    return TFLiteMicroClassifier(path, classes)
+
+
+def read_results(run_dir: Path) -> dict:
+    """The parsed ``results.json`` of ``run_dir``; :class:`PredictError` when it is missing or not lcasc's."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise PredictError(f"{run_dir}: no results.json; is this a finished run directory (lcasc run --out DIR)?")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PredictError(f"{path}: cannot read it ({e})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("networks"), list):
+        raise PredictError(f"{path}: not a results file of lcasc (no list of networks)")
+    return results

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from lcasc.models.cnn import LowComplexityCNN
+from lcasc.names import LAYERS
 
-LAYERS = ("C1", "C2", "C3")
 DEFAULT_THRESHOLD = 1e-4  # paper: "similar with MSE <= 10^-4"
 DEFAULT_CLIPS = 10_000  # paper: "10k audio examples from the validation dataset"
 

@@ -231,7 +231,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        from lcasc.pipeline import RunError
+        from lcasc.run import RunError
 
         raise RunError('--ray-address needs Ray, which is not installed: pip install "ray[default]" '
                        '(or pip install "lcasc[ray]")') from None
@@ -283,7 +283,7 @@ def _prepare(job: Job) -> bool:
     done = read_json(job.result_path)
     if done is not None:
         if done.get("train") != job.train or done.get("spec") != job.spec:
-            from lcasc.pipeline import RunError
+            from lcasc.run import RunError
 
             raise RunError(f"{folder} was trained with other settings ({_describe(done.get('train'))}) than asked "
                            f"now ({_describe(job.train)}); use the same options or delete {folder.parents[1]}")
@@ -381,7 +381,7 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
 
         tr, va, te = (run.split(s) for s in SPLITS)
         if len(te) == 0:
-            from lcasc.pipeline import RunError
+            from lcasc.run import RunError
 
             raise RunError("the test split has no usable segments to evaluate the study on")
         arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y, te.shareable_X(), te.y,
@@ -517,8 +517,8 @@ def _recipe_dimensions(run, recipes, augments) -> tuple[dict, dict]:
 
 
 def _kd_run(run):
-    from lcasc.pipeline import Run, RunError
     from lcasc.recipes import KD_DIR
+    from lcasc.run import Run, RunError
 
     if not (run.dir / KD_DIR / "config.yaml").is_file():
         raise RunError(f"kd variants distil from the teacher of {run.dir / KD_DIR}: run `lcasc run --recipe kd "

@@ -210,7 +210,7 @@ def _cnn():
 
 
 def _ensemble():
-    from lcasc.ensemble import EnsembleClassifier
+    from lcasc.classifier import EnsembleClassifier
 
     return EnsembleClassifier([_cnn(), small(GMMClassifier)], ["cnn", "gmm"])
 

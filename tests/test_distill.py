@@ -140,8 +140,9 @@ def test_a_kd_run_on_the_embedded_default_finishes_and_reports_both_recipes(tmp_
     """Kept small (1 epoch; pruning of one layer combination, in-process, after the run): the full family and
     its numbers are what benchmarks/distillation.py measures."""
     from lcasc.cli import main
-    from lcasc.pipeline import Run, stage_prune
     from lcasc.recipes import teacher_logits
+    from lcasc.run import Run
+    from lcasc.stages import prune
 
     out = tmp_path / "run"
     assert main(["-q", "run", "--recipe", "kd", "--out", str(out), "--max-epochs", "1", "--patience", "1",
@@ -158,11 +159,11 @@ def test_a_kd_run_on_the_embedded_default_finishes_and_reports_both_recipes(tmp_
     cached = teacher_logits(run)
     assert cached.shape == (len(run.split("train")), len(run.classes)) and np.isfinite(cached).all()
     # Distilled fine-tuning of a pruned network (what the kd recipe's prune stage does for all six).
-    (entry,) = stage_prune(run, ["C123"], max_epochs=1)
+    (entry,) = prune.run(run, ["C123"], max_epochs=1)
     assert entry["recipe"] == "kd" and (out / "kd" / "models" / "pruned_C123" / "model.pt").is_file()
-    from lcasc import report
+    from lcasc.stages import report
 
-    report.write(Run(out, progress=False))
+    report.run(Run(out, progress=False))
     text = (out / "report.md").read_text()
     assert "## Recipes: paper vs kd" in text and "| unpruned | float32 | 5,404,520 |" in text
     assert (out / "figures" / "accuracy_vs_macs_recipes.png").stat().st_size > 0
@@ -183,7 +184,7 @@ def test_a_kd_run_on_the_embedded_default_finishes_and_reports_both_recipes(tmp_
 def test_a_run_directory_of_an_older_lcasc_without_recipe_settings_is_still_accepted(tmp_path):
     import yaml
 
-    from lcasc.pipeline import Run, RunConfig, RunError
+    from lcasc.run import Run, RunConfig, RunError
 
     Run(tmp_path / "run", RunConfig(), progress=False)
     old = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())

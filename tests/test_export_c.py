@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from lcasc.pipeline import int8_available
+from lcasc.stages.quantize import int8_available
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 pytestmark = pytest.mark.skipif(not int8_available(), reason="INT8 export extras (lcasc[tflite]) not installed")
@@ -45,7 +45,7 @@ needs_arm = pytest.mark.skipif(bool(_arm_missing()), reason=f"Cortex-M4 check sk
 
 @pytest.fixture(scope="module")
 def run(family_run):
-    from lcasc.pipeline import Run
+    from lcasc.run import Run
 
     return Run(family_run, progress=False)
 

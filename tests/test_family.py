@@ -11,8 +11,9 @@ import pytest
 import soundfile as sf
 
 import lcasc
-from lcasc.ensemble import EnsembleClassifier, best_subset, paper_table3_subsets
-from lcasc.pipeline import int8_available
+from lcasc.classifier import EnsembleClassifier
+from lcasc.ensemble import best_subset, paper_table3_subsets
+from lcasc.stages.quantize import int8_available
 
 from .conftest import make_tau22, real_clips
 
@@ -128,8 +129,8 @@ def test_run_includes_the_cheap_baselines_and_refits_on_request(run_dir):
 
 @pytest.mark.skipif(not int8_available(), reason="INT8 export extras (lcasc[tflite]) not installed")
 def test_run_writes_int8_files_that_tflite_micro_runs(run_dir):
-    from lcasc.pipeline import Run
     from lcasc.quantize import TFLiteMicroClassifier, fixed_qparam_violations
+    from lcasc.run import Run
 
     res = results(run_dir)
     nets = {n["name"]: n for n in res["networks"]}
@@ -271,8 +272,8 @@ TFLM_ROWS = 16  # TFLM runs clip by clip (~10 ms each): INT8 entries are compare
 def test_every_entry_runs_by_name_as_evaluated(run_dir):
     """Each network, INT8 network, baseline and ensemble (fused and INT8 ones too) loaded by name gives the
     probabilities the run's evaluation saved: float to 1e-5, INT8 bit for bit (same TFLite Micro)."""
-    from lcasc.pipeline import Run
     from lcasc.predict import PredictError
+    from lcasc.run import Run
 
     res = results(run_dir)
     X = Run(run_dir, progress=False).split("test").X
@@ -304,10 +305,10 @@ def test_every_entry_runs_by_name_as_evaluated(run_dir):
 @pytest.mark.skipif(not int8_available(), reason="INT8 export extras (lcasc[tflite]) not installed")
 def test_predict_ensemble_fused_int8_runs_the_fused_file_not_its_members(run_dir, capsys):
     from lcasc.audio import load, segment
+    from lcasc.classifier import mean_probabilities
     from lcasc.cli import main
     from lcasc.features import FeatureParams, logmel
     from lcasc.quantize import TFLiteMicroClassifier
-    from lcasc.registry import mean_probabilities
 
     res = results(run_dir)
     entry = next(e for e in res["ensembles"] if e["name"] == "ensemble_fused_int8")

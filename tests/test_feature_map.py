@@ -10,7 +10,7 @@ import numpy as np
 
 from lcasc.data import load_dataset
 from lcasc.features import MappedRows, extract, opened
-from lcasc.pipeline import Run, RunConfig
+from lcasc.run import Run, RunConfig
 
 from .conftest import make_csv_dataset, make_tau22
 
@@ -77,7 +77,7 @@ def test_a_new_file_recomputes_only_its_own_chunk(tmp_path):
 
 def test_tau22_test_and_validation_clips_are_evaluated_once(tmp_path):
     from lcasc.models.cnn import CNNClassifier, LowComplexityCNN
-    from lcasc.pipeline import evaluate_classifier
+    from lcasc.stages.evaluate import evaluate_classifier
 
     run = Run(tmp_path / "run", RunConfig(dataset=str(make_tau22(tmp_path / "tau")), silence_db=None,
                                           validation="evaluate"), progress=False)

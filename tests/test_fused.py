@@ -19,8 +19,8 @@ import torch
 
 from lcasc import fused as F
 from lcasc import similarity as S
+from lcasc.classifier import EnsembleClassifier
 from lcasc.complexity import count
-from lcasc.ensemble import EnsembleClassifier
 from lcasc.models.cnn import CNNClassifier, CNNSpec, LowComplexityCNN
 from lcasc.prune import prune_network
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lcasc.pipeline import int8_available
+from lcasc.stages.quantize import int8_available
 
 from .conftest import make_csv_dataset
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lcasc.io import read_json
-from lcasc.pipeline import Run, RunConfig, RunError
+from lcasc.run import Run, RunConfig, RunError
 from lcasc.study import Job, _drive, run_study, study_table_markdown, validate
 from lcasc.train import TrainConfig
 

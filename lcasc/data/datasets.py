@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lcasc.audio import AUDIO_EXTENSIONS
+from lcasc.names import LAYOUTS, TAU22_PROTOCOLS
 
 log = logging.getLogger("lcasc")
 
 SPLITS = ("train", "validate", "test")
-LAYOUTS = ("tau22", "folder", "csv")
-TAU22_PROTOCOLS = ("holdout", "evaluate")  # where a TAU22 run validates; see the module docstring
 HOLDOUT_FRACTION = 0.3  # of fold1_train, as the DCASE 2022 baseline's validation_amount
 HOLDOUT_SEED = 0  # the held-out locations are a property of the dataset, the same for every run seed
 EMBEDDED = Path(__file__).resolve().parent.parent / "_data" / "esc10" / "splits.csv"

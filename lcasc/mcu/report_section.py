@@ -1,9 +1,11 @@
 """The "On a microcontroller" section of ``report.md``: what ``lcasc export --format c`` proved and measured.
 
-Why a module of its own: ``lcasc.report`` only calls :func:`section`; the table is also what the README quotes.
+Why a module of its own: ``lcasc.stages.report`` only calls :func:`section`; the table is also what the README quotes.
 """
 
 from __future__ import annotations
+
+from lcasc.markdown import table
 
 
 def rows(entries: list[dict]) -> list[list[str]]:
@@ -32,10 +34,8 @@ HEADER = ["network", "widths", "clips ≠ TFLM", "front end max Δ", "flash: mod
 
 def section(res: dict) -> list[str]:
     """Markdown lines of the section (empty when nothing was exported with checks)."""
-    from lcasc.report import _table
-
-    table = rows(res.get("networks", []) + res.get("ensembles", []))
-    if not table:
+    rows_ = rows(res.get("networks", []) + res.get("ensembles", []))
+    if not rows_:
         return []
     return ["## On a microcontroller (`lcasc export --format c`)", "",
             "The C library of each exported network: its int8 logits compared with the `.tflite` file's in "
@@ -44,4 +44,4 @@ def section(res: dict) -> list[str]:
             "from the ELF (model constants, int8 kernels, front end with its tables, newlib functions it "
             "calls); network RAM = working buffer + int8 input + measured stack high-water mark; instructions "
             "counted in QEMU (`-icount`), milliseconds assume one cycle per instruction at 80 MHz (QEMU is "
-            "not cycle-accurate).", "", _table(HEADER, table), ""]
+            "not cycle-accurate).", "", table(HEADER, rows_), ""]

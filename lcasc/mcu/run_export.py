@@ -125,7 +125,7 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, model: str | None
            ensemble: str | None = None, clips: int = 5, check: bool = True, progress: bool = True) -> dict:
     """Write the bundle of ``model`` (default ``unpruned``) or ``ensemble`` of run ``run_dir`` to ``out`` and,
     with ``check``, prove and measure it; returns the measurements (also written to results.json)."""
-    from lcasc.pipeline import Run
+    from lcasc.run import Run
 
     run = Run(run_dir, progress=progress)
     kind, entry_name, files = resolve_members(run, model, ensemble)

@@ -1,27 +1,19 @@
-"""``report.md``: what a run found, as tables and PNG figures, written from ``results.json``."""
+"""The report stage: ``report.md``, what a run found, as tables and PNG figures, written from ``results.json``."""
 
 from __future__ import annotations
 
 from lcasc.complexity import DCASE_MAX_MACS, DCASE_MAX_PARAMS
 from lcasc.io import read_json, write_text
+from lcasc.markdown import pct, table
 from lcasc.mcu.report_section import section as mcu_section
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.2f}"
 
 
 def _figure(run, name: str, caption: str) -> str:
     return f"![{caption}](figures/{name})\n" if (run.dir / "figures" / name).is_file() else ""
 
 
-def write(run) -> str:
+def run(run) -> str:
+    """Write ``DIR/report.md`` from ``results.json`` and the figures; returns its text."""
     res = run.results()
     data = res.get("data", {})
     parts = ["# lcasc run report", "",
@@ -29,7 +21,7 @@ def write(run) -> str:
              f"{len(res['classes'])} classes: {', '.join(res['classes'])}.", ""]
     if data:
         seg = data.get("segments", {})
-        parts += [_table(["split", "recordings", "1-s segments"],
+        parts += [table(["split", "recordings", "1-s segments"],
                          [[s, data["recordings"].get(s, 0), seg.get(s, 0)] for s in ("train", "validate", "test")]),
                   "", f"Silent segments left out (RMS below {run.config.silence_db} dBFS): "
                       f"{data.get('silent_segments_dropped', 0)}. Files skipped: {data.get('skipped_files', 0)}; "
@@ -43,12 +35,12 @@ def write(run) -> str:
     parts += ["## Networks", "",
               f"Accuracy, class-averaged accuracy and log-loss on the test split (1-second segments); "
               f"DCASE limits: {DCASE_MAX_PARAMS:,} parameters, {DCASE_MAX_MACS / 1e6:.0f} M MACs.", ""]
-    parts.append(_table(
+    parts.append(table(
         ["network", "precision", "widths", "params", "size (KB)", "MACs", "accuracy %", "class-avg acc %",
          "log-loss", "recording acc %"],
         [[n["name"], n["precision"], n.get("widths", "–"), f"{n['params']:,}", n["size_kb"], f"{n['macs']:,}",
-          _pct(n["accuracy"]), _pct(n.get("class_avg_accuracy")), f"{n['log_loss']:.3f}",
-          _pct(n.get("recording_accuracy"))] for n in res["networks"]
+          pct(n["accuracy"]), pct(n.get("class_avg_accuracy")), f"{n['log_loss']:.3f}",
+          pct(n.get("recording_accuracy"))] for n in res["networks"]
          if n.get("kind") == "cnn" and n["precision"] == "float32"]))
     parts.append("")
     for n in res["networks"]:
@@ -57,12 +49,12 @@ def write(run) -> str:
             continue
         t = ev["test"]
         parts += [f"### {n['name']}: per class", "",
-                  _table(["class", "segments", "accuracy %"],
-                         [[c, v["n"], _pct(v["accuracy"])] for c, v in t["per_class"].items()]), ""]
+                  table(["class", "segments", "accuracy %"],
+                         [[c, v["n"], pct(v["accuracy"])] for c, v in t["per_class"].items()]), ""]
         if len(t.get("per_device", {})) > 1:
             parts += [f"### {n['name']}: per device", "",
-                      _table(["device", "segments", "accuracy %", "log-loss"],
-                             [[d, v["n"], _pct(v["accuracy"]), f"{v['log_loss']:.3f}"]
+                      table(["device", "segments", "accuracy %", "log-loss"],
+                             [[d, v["n"], pct(v["accuracy"]), f"{v['log_loss']:.3f}"]
                               for d, v in t["per_device"].items()]), ""]
         parts.append(_figure(run, f"confusion_{n['name']}.png", f"confusion matrix of {n['name']}"))
         parts.append(_figure(run, f"training_{n['name']}.png", f"training curves of {n['name']}"))
@@ -95,13 +87,13 @@ def _pruning_section(run, res: dict) -> list[str]:
                 "Filters removed per layer: " + ", ".join(
                     f"{layer} {len(idx)}" for layer, idx in (read_json(run.dir / "models" / f"pruning_{crit}.json")
                                                            or {}).items()) + ".", ""]
-        table = [[n["name"], n.get("pruned_layers", "–"), n["widths"], f"{n['params']:,}", n["size_kb"],
-                  f"{n['macs']:,}", _pct(n["accuracy"]), f"{n['log_loss']:.3f}",
-                  _pct(n["before_finetune"]["accuracy"]) if "before_finetune" in n else "–",
+        rows = [[n["name"], n.get("pruned_layers", "–"), n["widths"], f"{n['params']:,}", n["size_kb"],
+                  f"{n['macs']:,}", pct(n["accuracy"]), f"{n['log_loss']:.3f}",
+                  pct(n["before_finetune"]["accuracy"]) if "before_finetune" in n else "–",
                   f"{n['before_finetune']['log_loss']:.3f}" if "before_finetune" in n else "–"]
                  for n in [n for n in (base, control) if n] + rows]
-        out += [_table(["network", "pruned layers", "widths", "params", "size (KB)", "MACs", "accuracy %",
-                        "log-loss", "acc % before fine-tuning", "log-loss before fine-tuning"], table), ""]
+        out += [table(["network", "pruned layers", "widths", "params", "size (KB)", "MACs", "accuracy %",
+                        "log-loss", "acc % before fine-tuning", "log-loss before fine-tuning"], rows), ""]
         if control:
             out += ["`unpruned_ft` is the control: the unpruned network fine-tuned with the same recipe and budget "
                     "as the pruned ones. A pruned network that beats `unpruned` but not `unpruned_ft` owes its "
@@ -118,9 +110,9 @@ def _int8_section(res: dict) -> list[str]:
             "Accuracy and log-loss computed by running each `.tflite` file in the `tflite-micro` interpreter "
             "on the test split. Size (KB) is the paper's convention; file bytes are the actual file; arena "
             "bytes the RAM TensorFlow Lite Micro needs.", "",
-            _table(["network", "widths", "float acc %", "INT8 acc %", "Δ points", "float log-loss",
+            table(["network", "widths", "float acc %", "INT8 acc %", "Δ points", "float log-loss",
                     "INT8 log-loss", "size (KB)", "file bytes", "arena bytes"],
-                   [[n["name"], n["widths"], _pct(n["float_accuracy"]), _pct(n["accuracy"]),
+                   [[n["name"], n["widths"], pct(n["float_accuracy"]), pct(n["accuracy"]),
                      f"{100 * (n['accuracy'] - n['float_accuracy']):+.2f}", f"{n['float_log_loss']:.3f}",
                      f"{n['log_loss']:.3f}", n["size_kb"], f"{n['file_bytes']:,}", f"{n['arena_bytes']:,}"]
                     for n in rows]), ""]
@@ -133,18 +125,18 @@ def _ensemble_section(run, res: dict) -> list[str]:
         out += ["## Ensembles: Table 3 analogue", "",
                 "Equal-weight mean of member probabilities. `ensemble_best_budget*` is the subset with the lowest "
                 "validation log-loss within the budget (chosen on validation, reported on test).", "",
-                _table(["ensemble", "members", "precision", "params", "size (KB)", "MACs", "within DCASE",
+                table(["ensemble", "members", "precision", "params", "size (KB)", "MACs", "within DCASE",
                         "accuracy %", "log-loss"],
                        [[e["name"], ", ".join(e["members"]), e["precision"], f"{e['params']:,}", e["size_kb"],
-                         f"{e['macs']:,}", "yes" if e["within_dcase_limits"] else "no", _pct(e["accuracy"]),
+                         f"{e['macs']:,}", "yes" if e["within_dcase_limits"] else "no", pct(e["accuracy"]),
                          f"{e['log_loss']:.3f}"] for e in ens]), ""]
         base = next((n for n in res["networks"] if n["name"] == "unpruned"), None)
         best = max(ens, key=lambda e: e["validation"]["accuracy"])
         if base:
             out += ["## Table 4 analogue: best ensemble against the unpruned network", "",
                     "Best ensemble chosen by validation accuracy.", "",
-                    _table(["system", "params", "MACs", "size (KB)", "accuracy %", "log-loss"],
-                           [[n["name"], f"{n['params']:,}", f"{n['macs']:,}", n["size_kb"], _pct(n["accuracy"]),
+                    table(["system", "params", "MACs", "size (KB)", "accuracy %", "log-loss"],
+                           [[n["name"], f"{n['params']:,}", f"{n['macs']:,}", n["size_kb"], pct(n["accuracy"]),
                              f"{n['log_loss']:.3f}"] for n in (base, best)]), ""]
         out.append(_figure(run, "confusion_best_ensemble.png", "confusion matrix of the best ensemble"))
     if len(res["networks"]) > 1 or ens:
@@ -174,12 +166,12 @@ def _baseline_section(run, res: dict) -> list[str]:
             note = ("pretrained VGGish weights" if n.get("pretrained") else
                     "trained from scratch (no pretrained weights given)") + (f"; {note}" if note else "")
         rows.append([n["name"], "–" if n.get("params") is None else f"{n['params']:,}",
-                     "–" if n.get("macs") is None else f"{n['macs']:,}", _pct(n["accuracy"]),
+                     "–" if n.get("macs") is None else f"{n['macs']:,}", pct(n["accuracy"]),
                      f"{n['log_loss']:.3f}", note])
     return ["## Comparison with other methods (Figure 4 analogue)", "",
             "Baselines of paper section 4 on the time-averaged log-mel (GMM, RF, MLP, DLSI) or the full input "
             "(VGGish); hyper-parameters chosen on the validation split by log-loss.", "",
-            _table(["method", "params", "MACs", "accuracy %", "log-loss", "notes"], rows), "",
+            table(["method", "params", "MACs", "accuracy %", "log-loss", "notes"], rows), "",
             _figure(run, "methods.png", "accuracy of every method")]
 
 
@@ -215,7 +207,7 @@ def _similarity_section(run) -> list[str]:
             for j in range(i + 1, len(names)):
                 rows.append([a, names[j], res["n_compared"][i][j], res["n_shared"][i][j],
                              f"{res['mean_mse'][i][j]:.2e}"])
-        out += [f"### {layer}", "", _table(["network A", "network B", "maps compared", "maps shared", "mean MSE"],
+        out += [f"### {layer}", "", table(["network A", "network B", "maps compared", "maps shared", "mean MSE"],
                                            rows), "", _figure(run, f"similarity_mse_{layer}.png",
                                                               f"pairwise mean MSE of {layer} maps")]
     a, b = summary.get("figure5_pair", ["?", "?"])
@@ -230,9 +222,9 @@ def _fused_section(run, res: dict) -> list[str]:
         return []
     f = fused[0]
     u = f["unfused"]
-    rows = [["unfused ensemble", f"{u['params']:,}", f"{u['macs']:,}", _pct(u["accuracy"]), f"{u['log_loss']:.3f}",
+    rows = [["unfused ensemble", f"{u['params']:,}", f"{u['macs']:,}", pct(u["accuracy"]), f"{u['log_loss']:.3f}",
              "–", "–"]]
-    rows += [[e["name"], f"{e['params']:,}", f"{e['macs']:,}", _pct(e["accuracy"]), f"{e['log_loss']:.3f}",
+    rows += [[e["name"], f"{e['params']:,}", f"{e['macs']:,}", pct(e["accuracy"]), f"{e['log_loss']:.3f}",
               f"{e['file_bytes']:,}" if "file_bytes" in e else "–",
               f"{e['arena_bytes']:,}" if "arena_bytes" in e else "–"] for e in fused]
     out = ["## Fused ensemble: shared feature maps computed once", "",
@@ -241,13 +233,13 @@ def _fused_section(run, res: dict) -> list[str]:
            f"shared; distinct maps computed per layer: "
            + ", ".join(f"{layer} {n}" for layer, n in f["distinct_maps"].items())
            + f". Saved: {f['saved']['params']:,} parameters and {f['saved']['macs']:,} MACs.", "",
-           _table(["system", "params", "MACs", "accuracy %", "log-loss", "INT8 file bytes", "arena bytes"], rows), ""]
+           table(["system", "params", "MACs", "accuracy %", "log-loss", "INT8 file bytes", "arena bytes"], rows), ""]
     detail = read_json(run.model_dir(f["name"]) / "fused.json")
     if detail and detail.get("tradeoff"):
         out += ["Trade-off over thresholds (test split):", "",
-                _table(["MSE threshold", "params", "MACs", "MACs saved", "accuracy %", "log-loss"],
+                table(["MSE threshold", "params", "MACs", "MACs saved", "accuracy %", "log-loss"],
                        [["no limit" if r["threshold"] is None else f"{r['threshold']:g}", f"{r['params']:,}",
-                         f"{r['macs']:,}", f"{r['macs_saved']:,}", _pct(r["test"]["accuracy"]),
+                         f"{r['macs']:,}", f"{r['macs_saved']:,}", pct(r["test"]["accuracy"]),
                          f"{r['test']['log_loss']:.3f}"] for r in detail["tradeoff"]]), ""]
     out.append(_figure(run, "fused_tradeoff.png", "MACs saved against accuracy"))
     return out

@@ -1,0 +1,86 @@
+"""Full-integer INT8 files of every float network (TFLite for TensorFlow Lite Micro, ONNX QDQ), each
+evaluated by running the file itself in TensorFlow Lite Micro. Needs the ``tflite`` extra."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from lcasc import quantize
+from lcasc.models.cnn import CNNClassifier
+from lcasc.run import Run, RunError
+from lcasc.stages.evaluate import evaluate_classifier
+
+log = logging.getLogger("lcasc")
+
+
+def int8_available() -> bool:
+    """Whether the INT8 export extras (``lcasc[tflite]``) are importable."""
+    return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tflite_micro", "onnx", "onnxruntime"))
+
+
+def calibration_features(run: Run, n: int = 500) -> np.ndarray:
+    """(n, 40, 51) training features that calibrate INT8 activation ranges: a random subset, fixed by the seed."""
+    tr = run.split("train")
+    if n > len(tr):
+        log.warning("calibration: %d segments asked for, the training split has %d; using all of them", n, len(tr))
+    rng = np.random.default_rng(run.seed)
+    return tr.X[np.sort(rng.choice(len(tr), min(n, len(tr)), replace=False))]
+
+
+def checked_against_litert(run: Run, tflite: Path) -> dict:
+    """The check that matters for an INT8 file (EXPORT-NOTES): TFLM's kernels against LiteRT's reference
+    kernels, per operator, on 100 validation clips. A file off by more than one int8 step is deleted (never
+    left for a later stage to trust) and the run stops."""
+    agreement = quantize.compare_tflm_litert(tflite, run.split("validate").X[:100])
+    if agreement["kernel_max_step_diff"] > 1:
+        tflite.unlink()
+        raise RunError(f"{tflite}: TensorFlow Lite Micro differs from the LiteRT reference kernels by "
+                       f"{agreement['kernel_max_step_diff']} quantization steps; the file is not usable")
+    return agreement
+
+
+def run(run: Run, names: list[str] | None = None, calibration_segments: int = 500) -> list[dict]:
+    """Full-integer INT8 TFLite (for TensorFlow Lite Micro) and ONNX (float, INT8 QDQ) of every float CNN,
+    evaluated by running the INT8 file itself in tflite-micro."""
+    floats = [n for n in run.results()["networks"] if n["precision"] == "float32" and n.get("kind", "cnn") == "cnn"]
+    if names:
+        floats = [n for n in floats if n["name"] in names]
+    calibration = calibration_features(run, calibration_segments)
+    done = {n["name"]: n for n in run.results()["networks"] if n["precision"] == "int8"}
+    entries = []
+    for net_entry in floats:
+        name, folder = net_entry["name"], run.model_dir(net_entry["name"])
+        tflite = folder / "model_int8.tflite"
+        if f"{name}_int8" in done and tflite.is_file() and (folder / "model_int8.onnx").is_file():
+            entries.append(done[f"{name}_int8"])  # finished by an earlier invocation
+            continue
+        clf = CNNClassifier.load(folder)
+        if not tflite.is_file():
+            quantize.export_tflite_int8(clf.net, calibration, tflite, max_samples=len(calibration))
+        if not (folder / "model_int8.onnx").is_file():
+            quantize.export_onnx(clf.net, folder / "model.onnx")
+            quantize.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", calibration,
+                                        max_samples=len(calibration))
+        int8 = quantize.TFLiteMicroClassifier(tflite, run.classes)
+        agreement = checked_against_litert(run, tflite)
+        entry = {"name": f"{name}_int8", "kind": "cnn", "precision": "int8", "widths": net_entry["widths"],
+                 **evaluate_classifier(run, int8, f"{name}_int8", figure=False),
+                 "params": net_entry["params"], "macs": net_entry["macs"], "size_kb": net_entry["size_kb"],
+                 "within_dcase_limits": net_entry["within_dcase_limits"],
+                 "file": str(tflite.relative_to(run.dir)), "file_bytes": tflite.stat().st_size,
+                 "arena_bytes": int8.arena_size - quantize.ARENA_MARGIN,
+                 "onnx_bytes": (folder / "model.onnx").stat().st_size,
+                 "onnx_int8_bytes": (folder / "model_int8.onnx").stat().st_size,
+                 "tflm_vs_litert_max_step_diff": agreement["kernel_max_step_diff"],
+                 "calibration_segments": len(calibration),
+                 "float_accuracy": net_entry["accuracy"], "float_log_loss": net_entry["log_loss"],
+                 **{k: net_entry[k] for k in ("criterion", "pruned_layers", "control") if k in net_entry}}
+        run.record("networks", entry)
+        log.info("int8: %s accuracy %.3f (float %.3f), %d bytes, arena %d bytes", name, entry["accuracy"],
+                 net_entry["accuracy"], entry["file_bytes"], entry["arena_bytes"])
+        entries.append(entry)
+    return entries
