@@ -4,7 +4,9 @@ Real audio -> DCASE 2022 log-mel (40 x 51 per second) -> the low-complexity CNN 
 similarity-based filter pruning -> INT8 -> ensembles, with parameters, MACs and size counted throughout.
 """
 
-__version__ = "0.1.0"
+from lcasc._version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(run_dir, model=None, ensemble=None, backend="auto"):

@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "low-complexity CNN, pruning, INT8 and ensembles within DCASE limits.",
         epilog="Start with `lcasc run` (the whole pipeline on the embedded ESC-10 data), then read "
                "runs/default/report.md.")
-    from lcasc import __version__
+    from lcasc._version import __version__
 
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
     parser.add_argument("--version", action="version", version=f"lcasc {__version__}")

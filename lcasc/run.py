@@ -86,7 +86,7 @@ def _log_to(path: Path) -> None:
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
         _LOG_FILES[path] = handler
-        from lcasc import __version__
+        from lcasc._version import __version__
 
         log.info("lcasc %s: %s", __version__, " ".join(sys.argv))
 

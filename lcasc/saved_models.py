@@ -30,7 +30,7 @@ class SavedModelError(ValueError):
 
 
 def _lcasc_version() -> str:
-    from lcasc import __version__
+    from lcasc._version import __version__
 
     return __version__
 
