@@ -9,7 +9,10 @@ import pytest
 
 from lcasc.io import read_json
 from lcasc.run import Run, RunConfig, RunError
-from lcasc.study import Job, _drive, run_study, study_table_markdown, validate
+from lcasc.study import run_study, validate
+from lcasc.study.executors import _drive
+from lcasc.study.figures import study_table_markdown
+from lcasc.study.jobs import Job
 from lcasc.train import TrainConfig
 
 from .conftest import make_csv_dataset

@@ -86,7 +86,8 @@ def add_study(sub) -> None:
 
 def cmd_study(args) -> int:
     from lcasc.stages import report
-    from lcasc.study import run_study, study_table_markdown
+    from lcasc.study import run_study
+    from lcasc.study.figures import study_table_markdown
 
     run = existing_run(args)
     rows = run_study(run, args.kernels, args.activations, args.repeats, args.max_epochs, args.patience,

@@ -179,7 +179,7 @@ def _study_section(run) -> list[str]:
     summary = read_json(run.dir / "study" / "summary.json")
     if not summary:
         return []
-    from lcasc.study import study_table_markdown
+    from lcasc.study.figures import study_table_markdown
 
     train = summary.get("train", {})
     return ["## Architecture study (Figures 1 and 2 analogue)", "",
