@@ -183,10 +183,10 @@ def cmd_prune(args) -> int:
 
 def cmd_quantize(args) -> int:
     from lcasc import report
-    from lcasc.pipeline import RunError, int8_available, stage_quantize
+    from lcasc.pipeline import INT8_MISSING, RunError, int8_available, stage_quantize
 
     if not int8_available():
-        raise RunError("INT8 export needs TensorFlow, tflite-micro and ONNX Runtime: pip install 'lcasc[tflite]'")
+        raise RunError(f"INT8 export needs TensorFlow and tflite-micro. {INT8_MISSING}")
     run = _existing_run(args)
     for e in stage_quantize(run, args.models, args.calibration_segments):
         print(f"{e['name']:<24} acc {100 * e['float_accuracy']:5.1f} -> {100 * e['accuracy']:5.1f} %  log-loss "
