@@ -2,28 +2,40 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
-# CPU build of PyTorch (from local disk here); GPU users: see README, "Using a GPU".
+# CPU build of PyTorch (from local disk here), installed first: an unpinned torch pulls a multi-GB CUDA build.
+# GPU users: see README, "Using a GPU".
 TORCH ?= torch==2.13.0
+# `make run`: core + ONNX + INT8 (the main job includes INT8; the tflite extra installs nothing, and the run
+# skips INT8 with a warning, where TensorFlow / tflite-micro publish no wheels). `make test`: every extra.
+RUN_EXTRAS := onnx,tflite
+TEST_EXTRAS := onnx,tflite,ray,test
 ARGS ?=
 
 .PHONY: setup run test lint clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# $(1): the extras; the stamp records that they are installed (remade when pyproject.toml changes).
+define install
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,tflite,ray]"
-	touch $(STAMP)
+	$(PY) -m pip install -q -e ".[$(1)]"
+	touch $@
+endef
 
-setup: $(STAMP)
+$(VENV)/.installed-run: pyproject.toml
+	$(call install,$(RUN_EXTRAS))
 
-run: $(STAMP)
+$(VENV)/.installed-test: pyproject.toml
+	$(call install,$(TEST_EXTRAS))
+
+setup: $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
 	$(VENV)/bin/lcasc run $(ARGS)
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check lcasc tests benchmarks
 
 clean:

@@ -2,7 +2,8 @@
 
 One 1-second segment at 44.1 kHz -> a (40, 51) float32 matrix: periodic Hamming window of 1764 samples
 (40 ms) inside a 2048-point FFT, hop 882 (20 ms), centred frames with reflect padding, magnitude
-spectrogram, 40 Slaney mel bands 0-22,050 Hz (librosa's filterbank), natural log with eps = 2.2e-16.
+spectrogram, 40 Slaney mel bands 0-22,050 Hz (librosa's filterbank, computed here by :func:`mel_filterbank`),
+natural log with eps = 2.2e-16.
 The STFT runs in float64 (float32 misses librosa by up to 1.4e-4 in near-silent bands, float64 matches it
 to 1e-12), in small blocks of segments on all CPUs: pocketfft on pre-padded frames, a sparse mel product.
 
@@ -79,13 +80,59 @@ def _filters(params: FeatureParams) -> tuple[np.ndarray, scipy.sparse.csr_matrix
     """(win_length,) float64 analysis window and the (n_mels, 1 + n_fft // 2) Slaney mel filterbank, sparse:
     each FFT bin falls in at most two triangles, so a sparse product does ~2 instead of 40 MACs per bin."""
     if params not in _FILTERS:
-        import librosa  # only for its Slaney filterbank; imported lazily (slow import)
-
         window = scipy.signal.get_window(params.window, params.win_length, fftbins=True).astype(np.float64)
-        mel = librosa.filters.mel(sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels,
-                                  fmin=params.fmin, fmax=params.fmax)
+        mel = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
         _FILTERS[params] = (window, scipy.sparse.csr_matrix(mel.astype(np.float64)))
     return _FILTERS[params]
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (Auditory Toolbox): linear below 1 kHz (3 mel per 200 Hz), logarithmic above."""
+    hz = np.atleast_1d(np.asarray(hz, dtype=np.float64))
+    mel = hz / (200.0 / 3)
+    log_part = hz >= 1000.0
+    mel[log_part] = 1000.0 / (200.0 / 3) + np.log(hz[log_part] / 1000.0) / (np.log(6.4) / 27.0)
+    return mel
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_hz_to_mel`."""
+    mel = np.atleast_1d(np.asarray(mel, dtype=np.float64))
+    hz = (200.0 / 3) * mel
+    log_part = mel >= 1000.0 / (200.0 / 3)
+    hz[log_part] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel[log_part] - 1000.0 / (200.0 / 3)))
+    return hz
+
+
+def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int, fmin: float = 0.0,
+                   fmax: float | None = None) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) float32 mel filterbank: Slaney mel scale, Slaney area normalisation.
+
+    What: ``n_mels`` triangles whose corners are ``n_mels + 2`` frequencies equally spaced on Slaney's mel
+    scale (linear below 1 kHz, logarithmic above) from ``fmin`` to ``fmax`` (default ``sample_rate / 2``),
+    evaluated at the FFT bin frequencies ``k * sample_rate / n_fft``; triangle ``i`` is scaled by
+    ``2 / (f[i + 2] - f[i])`` so that every band has the same area (about constant energy per band).
+    This is ``librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)`` with
+    its defaults (``htk=False``, ``norm="slaney"``, float32), computed with the same operations in the same
+    order, so it is bit for bit the same matrix (tests/test_features.py checks it against librosa).
+
+    Why lcasc computes it itself: librosa (with numba and llvmlite, ~0.2 GB) was a dependency for this one
+    call; it stays as the test oracle only.
+    """
+    if fmax is None:
+        fmax = float(sample_rate) / 2
+    n_mels = int(n_mels)
+    weights = np.zeros((n_mels, int(1 + n_fft // 2)), dtype=np.float32)
+    fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin)[0], _hz_to_mel(fmax)[0], n_mels + 2))
+    widths = np.diff(edges)
+    ramps = np.subtract.outer(edges, fft_freqs)
+    for i in range(n_mels):
+        lower = -ramps[i] / widths[i]  # rising edge, 0 at edges[i], 1 at edges[i + 1]
+        upper = ramps[i + 2] / widths[i + 1]  # falling edge, 1 at edges[i + 1], 0 at edges[i + 2]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges[2:n_mels + 2] - edges[:n_mels]))[:, np.newaxis]  # float64 product, rounded to float32
+    return weights
 
 
 _LOCAL = threading.local()

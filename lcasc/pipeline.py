@@ -7,6 +7,7 @@ import logging
 import time
 
 from lcasc import names, recipes
+from lcasc.io import write_json
 from lcasc.run import Run
 from lcasc.stages import baselines, ensemble, evaluate, features, fuse, prune, quantize, report, similarity, train
 
@@ -24,10 +25,12 @@ def run_all(run: Run, skip: tuple[str, ...] = ()) -> dict:
     for stage, stage_run in STAGES.items():
         if stage in skip or (stage in ("similarity", "fuse") and "prune" in skip):
             continue
-        if stage == "quantize" and not quantize.int8_available():
-            log.warning("INT8 stage skipped: TensorFlow / tflite-micro / ONNX Runtime are not installed "
-                        "(pip install 'lcasc[tflite]')")
+        if stage == "quantize" and not quantize.int8_available():  # and so the INT8 parts of later stages (fuse)
+            quantize.warn_once(f"INT8 skipped: {quantize.INT8_MISSING}")
+            run.update_results(int8_skipped=quantize.INT8_MISSING)
             continue
+        if stage == "quantize" and "int8_skipped" in run.results():  # an earlier invocation skipped it
+            write_json(run.results_path, {k: v for k, v in run.results().items() if k != "int8_skipped"})
         t0 = time.perf_counter()
         stage_run(run)
         timings[stage] = round(time.perf_counter() - t0, 2)

@@ -181,8 +181,9 @@ def _onnx_runner(path: Path, classes: list[str]):
 
 def _needs(module: str, backend: str) -> None:
     if importlib.util.find_spec(module) is None:
+        extra = "onnx" if module.startswith("onnx") else "tflite"
         raise PredictError(f"the {backend} backend needs the Python package {module!r}: "
-                           f"pip install 'lcasc[tflite]'")
+                           f'pip install "lcasc[{extra}]"' + (" (Linux x86-64 only)" if extra == "tflite" else ""))
 
 
 def _exported(path: Path, run_dir: Path) -> Path:

@@ -21,8 +21,8 @@ ESC10 = EMBEDDED.parent
 # Optional extras whose tests skip locally (with the reason and the install command) when they are missing.
 # CI sets LCASC_REQUIRE_EXTRAS=1: there a missing extra fails the run instead, so a green CI always means the
 # INT8, ONNX, Ray and librosa-oracle tests ran.
-EXTRAS = {"tensorflow": "lcasc[tflite]", "tflite_micro": "lcasc[tflite]", "onnx": "lcasc[tflite]",
-          "onnxruntime": "lcasc[tflite]", "ray": "lcasc[ray]", "librosa": "librosa (the features' test oracle)"}
+EXTRAS = {"tensorflow": "lcasc[tflite]", "tflite_micro": "lcasc[tflite]", "onnx": "lcasc[onnx]",
+          "onnxruntime": "lcasc[onnx]", "ray": "lcasc[ray]", "librosa": "lcasc[test]: the features' test oracle"}
 
 
 def pytest_configure(config):

@@ -5,14 +5,18 @@ import scipy.signal
 from lcasc import audio
 from lcasc.data import default_dataset
 from lcasc.data.datasets import load_csv
-from lcasc.features import EPS, FeatureParams, extract, logmel
+from lcasc.features import EPS, FeatureParams, extract, logmel, mel_filterbank
 
 from .conftest import make_csv_dataset, real_clips
 
-librosa = pytest.importorskip("librosa")
+
+@pytest.fixture(scope="module")
+def librosa():
+    """librosa, the oracle of these tests only (lcasc[test]); CI requires it (LCASC_REQUIRE_EXTRAS=1)."""
+    return pytest.importorskip("librosa")
 
 
-def librosa_logmel(x: np.ndarray) -> np.ndarray:
+def librosa_logmel(librosa, x: np.ndarray) -> np.ndarray:
     """The DCASE 2022 baseline's definition, computed the plain way with librosa (the oracle)."""
     window = scipy.signal.get_window("hamming", 1764, fftbins=True)
     spec = np.abs(librosa.stft(x.astype(np.float64) + EPS, n_fft=2048, hop_length=882, win_length=1764,
@@ -21,11 +25,27 @@ def librosa_logmel(x: np.ndarray) -> np.ndarray:
     return np.log(mel @ spec + EPS)
 
 
-def test_features_equal_librosa_on_real_clips():
+# The run's settings first, then other rates, sizes and band limits (fmax None: sample_rate / 2).
+FILTERBANKS = [(44_100, 2048, 40, 0.0, 22_050.0), (16_000, 512, 64, 0.0, 8_000.0), (22_050, 2048, 128, 0.0, None),
+               (44_100, 2048, 40, 50.0, 14_000.0), (32_000, 1024, 80, 20.0, 16_000.0), (8_000, 256, 23, 300.0, 3_400.0),
+               (48_000, 4096, 256, 0.0, 24_000.0)]
+
+
+@pytest.mark.parametrize(("sr", "n_fft", "n_mels", "fmin", "fmax"), FILTERBANKS)
+def test_mel_filterbank_is_librosas_bit_for_bit(librosa, sr, n_fft, n_mels, fmin, fmax):
+    ours = mel_filterbank(sr, n_fft, n_mels, fmin, fmax)
+    oracle = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    assert ours.shape == oracle.shape == (n_mels, 1 + n_fft // 2) and ours.dtype == oracle.dtype == np.float32
+    np.testing.assert_allclose(ours, oracle, rtol=1e-6, atol=0)
+    # Bit for bit: the feature cache's files keep their meaning (no FORMAT_VERSION bump was needed).
+    assert np.array_equal(ours, oracle)
+
+
+def test_features_equal_librosa_on_real_clips(librosa):
     segments = np.concatenate([audio.segment(audio.load(p)) for p, _ in real_clips(1)])
     assert len(segments) >= 40
     ours = logmel(segments)
-    oracle = np.stack([librosa_logmel(s) for s in segments])
+    oracle = np.stack([librosa_logmel(librosa, s) for s in segments])
     assert ours.shape == (len(segments), 40, 51) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, oracle, atol=1e-4, rtol=0)
 

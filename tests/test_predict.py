@@ -22,8 +22,8 @@ from .conftest import make_csv_dataset, real_clips
 
 HAS_ONNX = importlib.util.find_spec("onnxruntime") is not None
 HAS_INT8 = all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tflite_micro", "onnx", "onnxruntime"))
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnxruntime not installed (pip install 'lcasc[tflite]')")
-needs_int8 = pytest.mark.skipif(not HAS_INT8, reason="INT8 export needs lcasc[tflite]")
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnxruntime not installed (pip install 'lcasc[onnx]')")
+needs_int8 = pytest.mark.skipif(not HAS_INT8, reason="INT8 export needs lcasc[onnx,tflite]")
 
 
 def cli(*args: str) -> int:

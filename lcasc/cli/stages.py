@@ -158,7 +158,7 @@ def cmd_quantize(args) -> int:
     from lcasc.stages import quantize, report
 
     if not quantize.int8_available():
-        raise RunError("INT8 export needs TensorFlow, tflite-micro and ONNX Runtime: pip install 'lcasc[tflite]'")
+        raise RunError(f"INT8 export needs TensorFlow and tflite-micro. {quantize.INT8_MISSING}")
     run = existing_run(args)
     for e in quantize.run(run, args.models, args.calibration_segments):
         print(f"{e['name']:<24} acc {100 * e['float_accuracy']:5.1f} -> {100 * e['accuracy']:5.1f} %  log-loss "

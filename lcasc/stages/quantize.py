@@ -18,8 +18,27 @@ log = logging.getLogger("lcasc")
 
 
 def int8_available() -> bool:
-    """Whether the INT8 export extras (``lcasc[tflite]``) are importable."""
-    return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tflite_micro", "onnx", "onnxruntime"))
+    """Whether the INT8 export extras (``lcasc[tflite]``: TensorFlow, tflite-micro) are importable."""
+    return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tflite_micro"))
+
+
+def onnx_available() -> bool:
+    """Whether the ONNX extras (``lcasc[onnx]``: ONNX, ONNX Runtime) are importable."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+# Why a run has no INT8 results, in the one warning `lcasc run` gives and in results.json (the report says it).
+INT8_MISSING = ('TensorFlow / tflite-micro are not installed: pip install "lcasc[tflite]" (wheels for Linux x86-64 '
+                "only; elsewhere that extra installs nothing)")
+ONNX_MISSING = 'ONNX / ONNX Runtime are not installed: pip install "lcasc[onnx]"'
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Log a warning the first time ``message`` comes up in this process (a kd run runs two runs)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 def calibration_features(run: Run, n: int = 500) -> np.ndarray:
@@ -44,24 +63,27 @@ def checked_against_litert(run: Run, tflite: Path) -> dict:
 
 
 def run(run: Run, names: list[str] | None = None, calibration_segments: int = 500) -> list[dict]:
-    """Full-integer INT8 TFLite (for TensorFlow Lite Micro) and ONNX (float, INT8 QDQ) of every float CNN,
-    evaluated by running the INT8 file itself in tflite-micro."""
+    """Full-integer INT8 TFLite (for TensorFlow Lite Micro) and ONNX (float, INT8 QDQ; when ``lcasc[onnx]`` is
+    installed) of every float CNN, evaluated by running the INT8 file itself in tflite-micro."""
     floats = [n for n in run.results()["networks"] if n["precision"] == "float32" and n.get("kind", "cnn") == "cnn"]
     if names:
         floats = [n for n in floats if n["name"] in names]
     calibration = calibration_features(run, calibration_segments)
     done = {n["name"]: n for n in run.results()["networks"] if n["precision"] == "int8"}
+    with_onnx = onnx_available()
+    if not with_onnx and floats:
+        warn_once(f"ONNX files skipped: {ONNX_MISSING}")
     entries = []
     for net_entry in floats:
         name, folder = net_entry["name"], run.model_dir(net_entry["name"])
         tflite = folder / "model_int8.tflite"
-        if f"{name}_int8" in done and tflite.is_file() and (folder / "model_int8.onnx").is_file():
+        if f"{name}_int8" in done and tflite.is_file() and (not with_onnx or (folder / "model_int8.onnx").is_file()):
             entries.append(done[f"{name}_int8"])  # finished by an earlier invocation
             continue
         clf = CNNClassifier.load(folder)
         if not tflite.is_file():
             quantize.export_tflite_int8(clf.net, calibration, tflite, max_samples=len(calibration))
-        if not (folder / "model_int8.onnx").is_file():
+        if with_onnx and not (folder / "model_int8.onnx").is_file():
             quantize.export_onnx(clf.net, folder / "model.onnx")
             quantize.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", calibration,
                                         max_samples=len(calibration))
@@ -73,8 +95,9 @@ def run(run: Run, names: list[str] | None = None, calibration_segments: int = 50
                  "within_dcase_limits": net_entry["within_dcase_limits"],
                  "file": str(tflite.relative_to(run.dir)), "file_bytes": tflite.stat().st_size,
                  "arena_bytes": int8.arena_size - quantize.ARENA_MARGIN,
-                 "onnx_bytes": (folder / "model.onnx").stat().st_size,
-                 "onnx_int8_bytes": (folder / "model_int8.onnx").stat().st_size,
+                 **{key: (folder / f).stat().st_size for key, f in (("onnx_bytes", "model.onnx"),
+                                                                  ("onnx_int8_bytes", "model_int8.onnx"))
+                    if (folder / f).is_file()},
                  "tflm_vs_litert_max_step_diff": agreement["kernel_max_step_diff"],
                  "calibration_segments": len(calibration),
                  "float_accuracy": net_entry["accuracy"], "float_log_loss": net_entry["log_loss"],

@@ -104,6 +104,8 @@ def _pruning_section(run, res: dict) -> list[str]:
 
 def _int8_section(res: dict) -> list[str]:
     rows = [n for n in res["networks"] if n["precision"] == "int8"]
+    if not rows and res.get("int8_skipped"):
+        return ["## INT8", "", f"Skipped: {res['int8_skipped']}.", ""]
     if not rows:
         return []
     return ["## INT8 (full-integer TFLite, run in TensorFlow Lite Micro)", "",
