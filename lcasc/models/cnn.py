@@ -104,21 +104,29 @@ class LowComplexityCNN(nn.Module):
         """The three convolution layers by their paper names, with their BatchNorm."""
         return [(b.conv.name, getattr(self, b.conv.attr), getattr(self, b.bn.attr)) for b in graph.conv_blocks()]
 
-    def _run(self, layers, x: torch.Tensor) -> torch.Tensor:
-        for layer in layers:
-            x = torch.flatten(x, 1) if layer.kind == "flatten" else getattr(self, layer.attr)(x)
+    def _run(self, attrs: tuple[str | None, ...], x: torch.Tensor) -> torch.Tensor:
+        for attr in attrs:
+            x = torch.flatten(x, 1) if attr is None else getattr(self, attr)(x)
         return x
 
     def features(self, x: torch.Tensor, upto: str = "C3") -> torch.Tensor:
         """Feature maps after the activation of layer ``upto`` (C1, C2 or C3), before pooling."""
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        return self._run(graph.upto(upto), x)
+        if upto not in _FEATURE_ATTRS:
+            graph.conv_block(upto)  # raises the ValueError naming the layers
+        return self._run(_FEATURE_ATTRS[upto], x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, 40, 51) or (N, 40, 51) log-mel -> (N, n_classes) logits."""
         # the flatten is channel-major, as METHOD-NOTES §5.4 assumes
-        return self._run(graph.head(), self.features(x, graph.CONVS[-1]))
+        return self._run(_HEAD_ATTRS, self.features(x, graph.CONVS[-1]))
+
+
+# The module attributes run for the feature maps of each conv layer and for the head (None: the flatten), as
+# plain strings so that torch.compile traces the forward pass without a graph break.
+_FEATURE_ATTRS = {name: tuple(layer.attr for layer in graph.upto(name)) for name in graph.CONVS}
+_HEAD_ATTRS = tuple(layer.attr for layer in graph.head())
 
 
 def _torch_layer(node: graph.Node) -> nn.Module:

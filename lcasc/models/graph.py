@@ -15,8 +15,8 @@ dependency graph, restricted to this chain-shaped family), and everything else i
 
 A channel of a conv layer passes unchanged through the BatchNorm, activation and pooling layers after it and
 is read by the next conv (one input channel) or, after the flatten, by the first dense layer (``h * w``
-consecutive input columns: PyTorch flattens (C, h, w) channel-major). Pure Python: importing this module
-needs neither PyTorch nor TensorFlow.
+consecutive input columns: PyTorch flattens (C, h, w) channel-major). Plain data and Python: no PyTorch or
+TensorFlow in this module.
 """
 
 from __future__ import annotations
