@@ -46,7 +46,7 @@ class CNNSpec:
             raise ValueError(f"activations must be 4 letters from T/R (C1 C2 C3 dense), got {self.activations!r}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for 'same' padding, got {self.kernel_size}")
-        for name in ("c1", "c2", "c3", "dense"):
+        for name in graph.HIDDEN_WIDTHS:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         object.__setattr__(self, "pool1", tuple(self.pool1))
@@ -55,16 +55,18 @@ class CNNSpec:
     @property
     def widths(self) -> str:
         """Widths as the paper writes them: ``f1-f2-f3-dense``."""
-        return f"{self.c1}-{self.c2}-{self.c3}-{self.dense}"
+        return "-".join(str(getattr(self, name)) for name in graph.HIDDEN_WIDTHS)
 
     @classmethod
     def from_widths(cls, widths: str, **kwargs) -> CNNSpec:
         """``"16-16-32-100"`` -> spec (other fields from ``kwargs`` or the paper's defaults)."""
         try:
-            c1, c2, c3, dense = (int(v) for v in widths.split("-"))
+            values = [int(v) for v in widths.split("-")]
         except ValueError:
-            raise ValueError(f"widths must look like 16-16-32-100, got {widths!r}") from None
-        return cls(c1=c1, c2=c2, c3=c3, dense=dense, **kwargs)
+            values = []
+        if len(values) != len(graph.HIDDEN_WIDTHS):
+            raise ValueError(f"widths must look like 16-16-32-100, got {widths!r}")
+        return cls(**dict(zip(graph.HIDDEN_WIDTHS, values)), **kwargs)
 
     def to_dict(self) -> dict:
         d = asdict(self)
