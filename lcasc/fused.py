@@ -41,8 +41,14 @@ import torch
 from torch import nn
 
 from lcasc import complexity, metrics
+from lcasc.models import graph
 from lcasc.models.cnn import ACTIVATIONS, LowComplexityCNN
 from lcasc.similarity import DEFAULT_THRESHOLD, LAYERS, feature_map_mse, layer_width, pair_result
+
+# the family's layers after the last conv block: pooling (run once on the distinct maps), then per member
+# the flatten and the dense layers with their activations
+_HEAD_POOLS = tuple(layer for layer in graph.head() if layer.kind == "pool")
+_HEAD_LAYERS = tuple(layer for layer in graph.head() if layer.kind != "pool")
 
 # --------------------------------------------------------------------------------------------------------
 # plan: which maps are shared (plain data)
@@ -144,27 +150,33 @@ class _Unit(nn.Module):
 
 
 class _Head(nn.Module):
-    """A member's dense layers on its C3 maps (``channels``: ids in the pooled C3 pool, in its order)."""
+    """A member's flatten and dense layers on its pooled last-layer maps (``channels``: ids in the pooled pool,
+    in its order); the modules are copies of the member's, under the member's attribute names."""
 
     def __init__(self, member: LowComplexityCNN, channels: list[int], identity: bool):
         super().__init__()
-        self.fc1 = nn.Linear(member.fc1.in_features, member.fc1.out_features)
-        self.act = ACTIVATIONS[member.spec.activations[3]]()
-        self.fc2 = nn.Linear(member.fc2.in_features, member.fc2.out_features)
-        self.fc1.load_state_dict(member.fc1.state_dict())
-        self.fc2.load_state_dict(member.fc2.state_dict())
+        for layer in _HEAD_LAYERS:
+            src = getattr(member, layer.attr) if layer.attr else None
+            if layer.kind == "dense":
+                setattr(self, layer.attr, nn.Linear(src.in_features, src.out_features))
+                getattr(self, layer.attr).load_state_dict(src.state_dict())
+            elif layer.kind == "act":
+                setattr(self, layer.attr, ACTIVATIONS[member.spec.activations[layer.act]]())
         self.register_buffer("channels", torch.tensor(channels, dtype=torch.long), persistent=False)
         self.identity = identity
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         x = pooled if self.identity else pooled.index_select(1, self.channels)
-        return self.fc2(self.act(self.fc1(torch.flatten(x, 1))))  # channel-major flatten, as the member's
+        for layer in _HEAD_LAYERS:  # channel-major flatten, as the member's
+            x = torch.flatten(x, 1) if layer.kind == "flatten" else getattr(self, layer.attr)(x)
+        return x
 
 
 def _check_compatible(members: list[LowComplexityCNN]) -> None:
-    base = replace(members[0].spec, c1=1, c2=1, c3=1, dense=1)
+    ones = dict.fromkeys(graph.HIDDEN_WIDTHS, 1)
+    base = replace(members[0].spec, **ones)
     for m in members[1:]:
-        if replace(m.spec, c1=1, c2=1, c3=1, dense=1) != base:
+        if replace(m.spec, **ones) != base:
             raise ValueError(f"members must differ only in widths: {m.spec} vs {members[0].spec}")
 
 
@@ -211,45 +223,52 @@ class FusedEnsemble(nn.Module):
             raise ValueError("the saved sharing plan does not fit these members")
         by_name = dict(zip(self.names, members))
 
-        spec, k = self.spec, self.spec.kernel_size
+        spec = self.spec
         self.units = nn.ModuleDict()
-        self.acts = nn.ModuleDict({layer: ACTIVATIONS[a]() for layer, a in zip(LAYERS, spec.activations)})
+        self.acts = nn.ModuleDict({b.conv.name: ACTIVATIONS[spec.activations[b.act.act]]()
+                                   for b in graph.conv_blocks()})
         prev_width = 1
-        with torch.no_grad():
-            for layer_i, layer in enumerate(LAYERS):
-                units = nn.ModuleList()
-                groups = self.plan[layer]
-                start = 0
-                while start < len(groups):  # contiguous runs of one signature
-                    sig = groups[start].signature
-                    stop = start
-                    while stop < len(groups) and groups[stop].signature == sig:
-                        stop += 1
-                    run = groups[start:stop]
-                    unit = _Unit(len(sig), len(run), k, list(sig), list(sig) == list(range(prev_width)))
-                    for j, g in enumerate(run):
-                        rep = by_name[g.rep]
-                        _, conv, bn = rep.conv_blocks()[layer_i]
-                        pos = self.kept[g.rep][layer].index(g.index)
-                        unit.conv.weight[j].copy_(conv.weight[pos])
-                        unit.conv.bias[j].copy_(conv.bias[pos])
-                        for attr in ("weight", "bias", "running_mean", "running_var"):
-                            getattr(unit.bn, attr)[j].copy_(getattr(bn, attr)[pos])
-                        if abs(bn.eps - unit.bn.eps) > 1e-12:
-                            raise ValueError("members must use BatchNorm eps 1e-5")
-                    units.append(unit)
-                    start = stop
-                self.units[layer] = units
-                prev_width = len(groups)
-        self.pool1 = nn.AvgPool2d(spec.pool1)
-        self.pool2 = nn.AvgPool2d(spec.pool2)
-        where = {(n, g.index): g.id for g in self.plan["C3"] for n in g.users}
-        n3 = len(self.plan["C3"])
+        for block in graph.conv_blocks():
+            self.units[block.conv.name] = self._units(block, by_name, prev_width)
+            prev_width = len(self.plan[block.conv.name])
+        for pool in graph.nodes(spec):
+            if pool.kind == "pool":
+                setattr(self, pool.attr, nn.AvgPool2d(pool.window))
+        where = {(n, g.index): g.id for g in self.plan[LAYERS[-1]] for n in g.users}
+        n3 = len(self.plan[LAYERS[-1]])
         self.heads = nn.ModuleList()
         for n in self.names:
-            channels = [where[n, i] for i in self.kept[n]["C3"]]
+            channels = [where[n, i] for i in self.kept[n][LAYERS[-1]]]
             self.heads.append(_Head(by_name[n], channels, channels == list(range(n3))))
         self.eval()
+
+    @torch.no_grad()
+    def _units(self, block: graph.ConvBlock, by_name: dict[str, LowComplexityCNN], prev_width: int) -> nn.ModuleList:
+        """The units of conv layer ``block``: one Conv2d + BatchNorm per contiguous run of distinct maps that read
+        the same input, each filter's weights copied from the map's representative."""
+        layer, k = block.conv.name, graph.node(self.spec, block.conv.name).window[0]
+        units = nn.ModuleList()
+        groups = self.plan[layer]
+        start = 0
+        while start < len(groups):  # contiguous runs of one signature
+            sig = groups[start].signature
+            stop = start
+            while stop < len(groups) and groups[stop].signature == sig:
+                stop += 1
+            run = groups[start:stop]
+            unit = _Unit(len(sig), len(run), k, list(sig), list(sig) == list(range(prev_width)))
+            for j, g in enumerate(run):
+                conv, bn = getattr(by_name[g.rep], block.conv.attr), getattr(by_name[g.rep], block.bn.attr)
+                pos = self.kept[g.rep][layer].index(g.index)
+                unit.conv.weight[j].copy_(conv.weight[pos])
+                unit.conv.bias[j].copy_(conv.bias[pos])
+                for attr in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(unit.bn, attr)[j].copy_(getattr(bn, attr)[pos])
+                if abs(bn.eps - unit.bn.eps) > 1e-12:
+                    raise ValueError("members must use BatchNorm eps 1e-5")
+            units.append(unit)
+            start = stop
+        return units
 
     def train(self, mode: bool = True) -> FusedEnsemble:
         """Always evaluation mode: a fused ensemble is built from trained members and is not trained."""
@@ -275,13 +294,15 @@ class FusedEnsemble(nn.Module):
         if x.dim() == 3:
             x = x.unsqueeze(1)
         pool = x
-        for layer in LAYERS:
-            if layer == "C3":
-                pool = self.pool1(pool)
-            outs = [unit(pool) for unit in self.units[layer]]
+        for block in graph.conv_blocks():
+            for p in block.pools:
+                pool = getattr(self, p.attr)(pool)
+            outs = [unit(pool) for unit in self.units[block.conv.name]]
             # activations are elementwise: one call on the joined pool equals one per unit
-            pool = self.acts[layer](outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
-        pooled = self.pool2(pool)
+            pool = self.acts[block.conv.name](outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
+        pooled = pool
+        for p in _HEAD_POOLS:
+            pooled = getattr(self, p.attr)(pooled)
         probs = [torch.softmax(head(pooled), dim=1) for head in self.heads]
         return torch.stack(probs).mean(dim=0)
 
@@ -459,54 +480,20 @@ def fused_keras_mirror(fused: FusedEnsemble):
     fixed 1/128 quantization TFLM needs (per-unit TANHs before a join would need requantizing QUANTIZE ops).
     The members' fc2 logits are joined with Concatenate (one int8 scale for all of them).
     """
-    from lcasc.quantize import tf_keras
+    from lcasc.quantize import keras_layer, tf_keras
 
     keras = tf_keras()
     spec = fused.spec
-    act_names = {"T": "tanh", "R": "relu"}
-    h, w = LowComplexityCNN.pooled_shape(spec)
-
-    def take(x, idx: torch.Tensor, name: str):
-        idx = [int(i) for i in idx]
-        return keras.layers.Lambda(lambda t: keras.ops.take(t, np.array(idx, np.int32), axis=-1),
-                                   output_shape=tuple(x.shape[1:-1]) + (len(idx),), name=name)(x)
-
+    family = {n.name: n for n in graph.nodes(spec)}
+    weights: list = []  # (layer name, weights) set after the model is built
     pool = inputs = keras.Input((spec.n_mels, spec.n_frames, 1), name="logmel")
-    weights = []  # (layer name, weights) set after the model is built
-    for layer_i, layer in enumerate(LAYERS):
-        if layer == "C3":
-            pool = keras.layers.AveragePooling2D(spec.pool1, name="pool1")(pool)
-        outs = []
-        tanh = spec.activations[layer_i] == "T"
-        for u, unit in enumerate(fused.units[layer]):
-            x = pool if unit.identity else take(pool, unit.inputs, f"{layer}_u{u}_gather")
-            x = keras.layers.Conv2D(unit.conv.out_channels, spec.kernel_size, padding="same",
-                                    name=f"{layer}_u{u}_conv")(x)
-            x = keras.layers.BatchNormalization(epsilon=1e-5, name=f"{layer}_u{u}_bn")(x)
-            if not tanh:
-                x = keras.layers.Activation(act_names[spec.activations[layer_i]], name=f"{layer}_u{u}_act")(x)
-            outs.append(x)
-            weights.append((f"{layer}_u{u}_conv", [_np(unit.conv.weight).transpose(2, 3, 1, 0), _np(unit.conv.bias)]))
-            weights.append((f"{layer}_u{u}_bn", [_np(unit.bn.weight), _np(unit.bn.bias), _np(unit.bn.running_mean),
-                                                 _np(unit.bn.running_var)]))
-        pool = outs[0] if len(outs) == 1 else keras.layers.Concatenate(axis=-1, name=f"{layer}_join")(outs)
-        if tanh:
-            pool = keras.layers.Activation("tanh", name=f"{layer}_act")(pool)
-    pooled = keras.layers.AveragePooling2D(spec.pool2, name="pool2")(pool)
-    logits = []
-    for m, head in enumerate(fused.heads):
-        c3 = len(head.channels)
-        flat = h * w * c3
-        x = pooled if head.identity else take(pooled, head.channels, f"m{m}_gather")
-        x = keras.layers.Lambda(lambda t, flat=flat: keras.ops.reshape(t, (-1, flat)), output_shape=(flat,),
-                                name=f"m{m}_flatten")(x)
-        x = keras.layers.Dense(head.fc1.out_features, activation=act_names[spec.activations[3]], name=f"m{m}_fc1")(x)
-        x = keras.layers.Dense(head.fc2.out_features, name=f"m{m}_fc2")(x)
-        logits.append(x)
-        w1 = _np(head.fc1.weight).reshape(head.fc1.out_features, c3, h, w)  # channel-major columns
-        weights.append((f"m{m}_fc1", [w1.transpose(2, 3, 1, 0).reshape(flat, head.fc1.out_features),
-                                      _np(head.fc1.bias)]))
-        weights.append((f"m{m}_fc2", [_np(head.fc2.weight).T, _np(head.fc2.bias)]))
+    for block in graph.conv_blocks():
+        for p in block.pools:
+            pool = keras_layer(keras, family[p.name])(pool)
+        pool = _keras_units(keras, fused, block, family, pool, weights)
+    for p in _HEAD_POOLS:
+        pool = keras_layer(keras, family[p.name])(pool)
+    logits = [_keras_head(keras, m, head, family, pool, weights) for m, head in enumerate(fused.heads)]
     outputs = logits[0] if len(logits) == 1 else keras.layers.Concatenate(axis=-1, name="member_logits")(logits)
     mirror = keras.Model(inputs, outputs, name=f"lcasc_fused_{len(logits)}")
     for layer_name, values in weights:
@@ -514,8 +501,60 @@ def fused_keras_mirror(fused: FusedEnsemble):
     return mirror
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(np.float32)
+def _keras_take(keras, x, idx: torch.Tensor, name: str):
+    """Channels ``idx`` of ``x`` (NHWC), in that order: a TFLite GATHER."""
+    idx = [int(i) for i in idx]
+    return keras.layers.Lambda(lambda t: keras.ops.take(t, np.array(idx, np.int32), axis=-1),
+                               output_shape=tuple(x.shape[1:-1]) + (len(idx),), name=name)(x)
+
+
+def _keras_units(keras, fused: FusedEnsemble, block: graph.ConvBlock, family: dict, pool, weights: list):
+    """The Keras layers of one conv layer's units on ``pool`` (gather, Conv2D, BN, ReLU per unit; joined;
+    TANH once after the join); appends the units' weights to ``weights``; returns the layer's joined output."""
+    from lcasc.quantize import keras_layer, keras_weights
+
+    layer = block.conv.name
+    conv, bn, act = family[layer], family[block.bn.name], family[block.act.name]
+    tanh = act.activation == "T"
+    outs = []
+    for u, unit in enumerate(fused.units[layer]):
+        name = f"{layer}_u{u}"
+        x = pool if unit.identity else _keras_take(keras, pool, unit.inputs, f"{name}_gather")
+        unit_conv = replace(conv, out_shape=(unit.conv.out_channels, *conv.out_shape[1:]))
+        x = keras_layer(keras, unit_conv, name=f"{name}_conv")(x)
+        x = keras_layer(keras, bn, name=f"{name}_bn")(x)
+        if not tanh:
+            x = keras_layer(keras, act, name=f"{name}_act")(x)
+        outs.append(x)
+        weights.append((f"{name}_conv", keras_weights(unit.conv, f"{name}_conv")))
+        weights.append((f"{name}_bn", keras_weights(unit.bn, f"{name}_bn")))
+    pool = outs[0] if len(outs) == 1 else keras.layers.Concatenate(axis=-1, name=f"{layer}_join")(outs)
+    return keras_layer(keras, act, name=f"{layer}_act")(pool) if tanh else pool
+
+
+def _keras_head(keras, m: int, head: _Head, family: dict, pooled, weights: list):
+    """Member ``m``'s Keras layers on the pooled maps (gather, flatten, dense layers with their activations
+    folded in); appends their weights to ``weights``; returns the member's logits."""
+    from lcasc.quantize import keras_layer, keras_weights
+
+    x = pooled if head.identity else _keras_take(keras, pooled, head.channels, f"m{m}_gather")
+    flattened = None
+    for i, layer in enumerate(_HEAD_LAYERS):
+        node, name = family[layer.name], f"m{m}_{layer.attr or layer.kind}"
+        if layer.kind == "flatten":
+            flattened = (len(head.channels), *node.in_shape[1:])  # (C, h, w) of this member
+            flat = flattened[0] * flattened[1] * flattened[2]
+            x = keras_layer(keras, replace(node, in_shape=flattened, out_shape=(flat,)), name=name)(x)
+        elif layer.kind == "dense":
+            module = getattr(head, layer.attr)
+            after = _HEAD_LAYERS[i + 1] if i + 1 < len(_HEAD_LAYERS) else None
+            folded = family[after.name].activation if after is not None and after.kind == "act" else None
+            x = keras_layer(keras, replace(node, out_shape=(module.out_features,)), folded, name=name)(x)
+            weights.append((name, keras_weights(module, name, flattened if _HEAD_LAYERS[i - 1].kind == "flatten"
+                                                else None)))
+        elif _HEAD_LAYERS[i - 1].kind != "dense":  # an activation not folded into a Dense layer
+            x = keras_layer(keras, node, name=name)(x)
+    return x
 
 
 def export_fused_tflite_int8(fused: FusedEnsemble, calibration: np.ndarray, path: str | os.PathLike,

@@ -16,10 +16,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from lcasc.models import graph
 from lcasc.models.cnn import LowComplexityCNN
 from lcasc.names import CRITERIA
 
-LAYERS = ("C1", "C2", "C3")
+LAYERS = graph.CONVS
 
 
 def _kernel(weight) -> np.ndarray:
@@ -93,35 +94,38 @@ def find_redundant(model: LowComplexityCNN, criterion: str = "similarity", seed:
 
 
 def prune_network(model: LowComplexityCNN, removed: dict[str, list[int]]) -> LowComplexityCNN:
-    """A new, physically smaller network without the ``removed`` filters (keys C1, C2, C3); ``model`` is kept."""
+    """A new, physically smaller network without the ``removed`` filters (keys C1, C2, C3); ``model`` is kept.
+
+    Which weights go with a filter (its BatchNorm entries, the consumer's input channels or dense columns) is
+    :func:`lcasc.models.graph.channel_selection`.
+    """
     unknown = set(removed) - set(LAYERS)
     if unknown:
         raise ValueError(f"unknown layer(s) {', '.join(sorted(unknown))}; expected C1, C2 or C3")
     spec = model.spec
-    widths = {"C1": spec.c1, "C2": spec.c2, "C3": spec.c3}
-    keep = {}
+    keep = graph.kept_channels(spec, removed)
     for layer in LAYERS:
-        drop = set(removed.get(layer, []))
-        bad = [i for i in drop if not 0 <= i < widths[layer]]
+        n = graph.width(spec, layer)
+        bad = [i for i in set(removed.get(layer, [])) if not 0 <= i < n]
         if bad:
-            raise ValueError(f"{layer}: filter index {bad[0]} out of range 0..{widths[layer] - 1}")
-        keep[layer] = [i for i in range(widths[layer]) if i not in drop]
+            raise ValueError(f"{layer}: filter index {bad[0]} out of range 0..{n - 1}")
         if not keep[layer]:
-            raise ValueError(f"{layer}: cannot remove all {widths[layer]} filters")
-    new = LowComplexityCNN.from_spec(replace(spec, c1=len(keep["C1"]), c2=len(keep["C2"]), c3=len(keep["C3"])))
-    h, w = LowComplexityCNN.pooled_shape(spec)
-    inputs = {"C1": [0], "C2": keep["C1"], "C3": keep["C2"]}
+            raise ValueError(f"{layer}: cannot remove all {n} filters")
+    new = LowComplexityCNN.from_spec(replace(spec, **{graph.layer(c).width: len(keep[c]) for c in LAYERS}))
     with torch.no_grad():
-        for (layer, conv, bn), (_, new_conv, new_bn) in zip(model.conv_blocks(), new.conv_blocks(), strict=True):
-            out_idx, in_idx = torch.tensor(keep[layer]), torch.tensor(inputs[layer])
-            new_conv.weight.copy_(conv.weight[out_idx][:, in_idx])
-            new_conv.bias.copy_(conv.bias[out_idx])
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(new_bn, name).copy_(getattr(bn, name)[out_idx])
-            new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
-        # flatten is channel-major: channel c owns dense inputs c*h*w ... c*h*w + h*w - 1
-        cols = torch.tensor([c * h * w + k for c in keep["C3"] for k in range(h * w)])
-        new.fc1.weight.copy_(model.fc1.weight[:, cols])
-        new.fc1.bias.copy_(model.fc1.bias)
-        new.fc2.load_state_dict(model.fc2.state_dict())
+        for attr, (out, inputs) in graph.channel_selection(spec, keep).items():
+            _copy_selected(getattr(model, attr), getattr(new, attr), out, inputs)
     return new.train(model.training)
+
+
+def _copy_selected(old: torch.nn.Module, new: torch.nn.Module, out: list[int], inputs: list[int] | None) -> None:
+    """Copy into ``new`` the rows ``out`` (and weight columns ``inputs``) of ``old``'s parameters; a BatchNorm
+    (``inputs`` None) also its running statistics and batch count."""
+    out_idx = torch.tensor(out)
+    if inputs is None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(new, name).copy_(getattr(old, name)[out_idx])
+        new.num_batches_tracked.copy_(old.num_batches_tracked)
+        return
+    new.weight.copy_(old.weight[out_idx][:, torch.tensor(inputs)])
+    new.bias.copy_(old.bias[out_idx])

@@ -208,8 +208,12 @@ class _InferenceOnly:
 # Keras mirror and TFLite export
 
 
+KERAS_ACTIVATIONS = {"T": "tanh", "R": "relu"}  # CNNSpec activation letter -> Keras activation
+
+
 def keras_mirror(model: LowComplexityCNN):
-    """A float Keras model computing what ``model(x)`` computes, in NHWC.
+    """A float Keras model computing what ``model(x)`` computes, in NHWC, built layer by layer from the
+    family's description (:func:`lcasc.models.graph.nodes`); each Keras layer is named after its torch module.
 
     Input ``(N, n_mels, n_frames, 1)`` log-mel, output ``(N, n_classes)`` logits (see the module docstring).
     Conv kernels are transposed ``(out, in, kh, kw) -> (kh, kw, in, out)``; BatchNorm keeps its four vectors and
@@ -217,42 +221,74 @@ def keras_mirror(model: LowComplexityCNN):
     the convolutions. PyTorch flattens the (C3, h, w) map channel-major, Keras flattens (h, w, C3) channel
     last: the first dense layer's input columns are reordered instead of adding a Permute layer. The flatten
     is a plain reshape to ``(-1, h * w * C3)``, which keeps the batch axis dynamic with a single RESHAPE op
-    (Keras' Flatten adds SHAPE/STRIDED_SLICE/PACK when the batch is dynamic).
+    (Keras' Flatten adds SHAPE/STRIDED_SLICE/PACK when the batch is dynamic). A dense layer's activation is
+    the Dense layer's own (one FULLY_CONNECTED op with a fused activation).
     """
-    from torch import nn
+    from lcasc.models import graph
 
     keras = tf_keras()
     spec = model.spec
-    names = {"T": "tanh", "R": "relu"}
-    h, w = model.pooled_shape(spec)
-    flat = h * w * spec.c3
-
+    family = graph.nodes(spec)
     x = inputs = keras.Input((spec.n_mels, spec.n_frames, 1), name="logmel")
-    for i, (_, conv, _bn) in enumerate(model.conv_blocks(), start=1):
-        x = keras.layers.Conv2D(conv.out_channels, spec.kernel_size, padding="same", name=f"conv{i}")(x)
-        x = keras.layers.BatchNormalization(epsilon=1e-5, name=f"bn{i}")(x)
-        x = keras.layers.Activation(names[spec.activations[i - 1]], name=f"act{i}")(x)
-        if i == 2:
-            x = keras.layers.AveragePooling2D(spec.pool1, name="pool1")(x)
-    x = keras.layers.AveragePooling2D(spec.pool2, name="pool2")(x)
-    x = keras.layers.Lambda(lambda t: keras.ops.reshape(t, (-1, flat)), output_shape=(flat,), name="flatten")(x)
-    x = keras.layers.Dense(spec.dense, activation=names[spec.activations[3]], name="fc1")(x)
-    outputs = keras.layers.Dense(spec.n_classes, name="fc2")(x)
-    mirror = keras.Model(inputs, outputs, name=f"lcasc_{spec.widths}")
+    for i, node in enumerate(family):
+        if node.kind == "act" and family[i - 1].kind == "dense":
+            continue  # folded into the Dense layer
+        folded = family[i + 1].activation if node.kind == "dense" and i + 1 < len(family) else None
+        x = keras_layer(keras, node, folded)(x)
+    mirror = keras.Model(inputs, x, name=f"lcasc_{spec.widths}")
+    for i, node in enumerate(family):
+        module = getattr(model, node.attr) if node.attr else None
+        if node.kind in ("conv", "bn"):
+            mirror.get_layer(node.attr).set_weights(keras_weights(module, node.attr))
+        elif node.kind == "dense":
+            flat = family[i - 1].in_shape if family[i - 1].kind == "flatten" else None
+            mirror.get_layer(node.attr).set_weights(keras_weights(module, node.attr, flat))
+    return mirror
+
+
+def keras_layer(keras, node, activation: str | None = None, name: str | None = None):
+    """The Keras layer of one family layer (:class:`lcasc.models.graph.Node`), named ``name`` or after its torch
+    module; ``activation``: the letter of an activation folded into a Dense layer."""
+    name = name or node.attr or node.kind
+    if node.kind == "conv":
+        return keras.layers.Conv2D(node.out_shape[0], node.window, padding="same", name=name)
+    if node.kind == "bn":
+        return keras.layers.BatchNormalization(epsilon=1e-5, name=name)
+    if node.kind == "act":
+        return keras.layers.Activation(KERAS_ACTIVATIONS[node.activation], name=name)
+    if node.kind == "pool":
+        return keras.layers.AveragePooling2D(node.window, name=name)
+    if node.kind == "flatten":
+        flat = node.out_shape[0]
+        return keras.layers.Lambda(lambda t: keras.ops.reshape(t, (-1, flat)), output_shape=(flat,), name=name)
+    if node.kind == "dense":
+        return keras.layers.Dense(node.out_shape[0], activation=activation and KERAS_ACTIVATIONS[activation],
+                                  name=name)
+    raise ValueError(f"no Keras layer for a {node.kind} layer")
+
+
+def keras_weights(module, name: str, flattened: tuple[int, int, int] | None = None) -> list[np.ndarray]:
+    """The Keras weights of a torch Conv2d, BatchNorm2d or Linear ``module`` (``name`` for errors).
+
+    ``flattened``: (C, h, w) of the map a Linear reads through the flatten; its columns are reordered from
+    PyTorch's channel-major to Keras' channel-last order.
+    """
+    from torch import nn
 
     def numpy(t):
         return t.detach().cpu().numpy().astype(np.float32)
 
-    for i, (_, conv, bn) in enumerate(model.conv_blocks(), start=1):
-        if not isinstance(bn, nn.BatchNorm2d) or abs(bn.eps - 1e-5) > 1e-12:
-            raise ValueError(f"conv{i}: expected BatchNorm2d with eps 1e-5")
-        mirror.get_layer(f"conv{i}").set_weights([numpy(conv.weight).transpose(2, 3, 1, 0), numpy(conv.bias)])
-        mirror.get_layer(f"bn{i}").set_weights([numpy(bn.weight), numpy(bn.bias), numpy(bn.running_mean),
-                                                numpy(bn.running_var)])
-    w1 = numpy(model.fc1.weight).reshape(spec.dense, spec.c3, h, w)  # (out, C, h, w): channel-major columns
-    mirror.get_layer("fc1").set_weights([w1.transpose(2, 3, 1, 0).reshape(flat, spec.dense), numpy(model.fc1.bias)])
-    mirror.get_layer("fc2").set_weights([numpy(model.fc2.weight).T, numpy(model.fc2.bias)])
-    return mirror
+    if isinstance(module, nn.Conv2d):
+        return [numpy(module.weight).transpose(2, 3, 1, 0), numpy(module.bias)]
+    if isinstance(module, nn.Linear):
+        if flattened is None:
+            return [numpy(module.weight).T, numpy(module.bias)]
+        c, h, w = flattened
+        w1 = numpy(module.weight).reshape(module.out_features, c, h, w)  # (out, C, h, w): channel-major columns
+        return [w1.transpose(2, 3, 1, 0).reshape(c * h * w, module.out_features), numpy(module.bias)]
+    if not isinstance(module, nn.BatchNorm2d) or abs(module.eps - 1e-5) > 1e-12:
+        raise ValueError(f"{name}: expected BatchNorm2d with eps 1e-5")
+    return [numpy(module.weight), numpy(module.bias), numpy(module.running_mean), numpy(module.running_var)]
 
 
 def convert_keras(mirror, calibration: np.ndarray | None) -> bytes:

@@ -138,11 +138,13 @@ class _TorchCNN:
         import torch
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+        from lcasc.models import graph
         from lcasc.models.cnn import CNNClassifier
 
         clf = CNNClassifier.load(folder)
         net = copy.deepcopy(clf.net).eval()
-        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+        for block in graph.conv_blocks():
+            conv, bn = block.conv.attr, block.bn.attr
             setattr(net, conv, fuse_conv_bn_eval(getattr(net, conv), getattr(net, bn)))
             setattr(net, bn, torch.nn.Identity())
         self.net = net.to(memory_format=torch.channels_last)

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lcasc.models import graph
 from lcasc.models.cnn import LowComplexityCNN
-from lcasc.names import LAYERS
 
+LAYERS = graph.CONVS
 DEFAULT_THRESHOLD = 1e-4  # paper: "similar with MSE <= 10^-4"
 DEFAULT_CLIPS = 10_000  # paper: "10k audio examples from the validation dataset"
 
@@ -36,21 +37,19 @@ DEFAULT_CLIPS = 10_000  # paper: "10k audio examples from the validation dataset
 
 def layer_width(spec, layer: str) -> int:
     """Number of filters of ``layer`` (C1, C2, C3) in the network ``spec`` describes."""
-    try:
-        return {"C1": spec.c1, "C2": spec.c2, "C3": spec.c3}[layer]
-    except KeyError:
-        raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(LAYERS)}") from None
+    if layer not in LAYERS:
+        raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(LAYERS)}")
+    return graph.width(spec, layer)
 
 
 def kept_from_removed(base_spec, removed: dict[str, list[int]] | None) -> dict[str, list[int]]:
     """Original filter indices a network pruned from ``base_spec`` with ``removed`` keeps, per layer.
 
-    Mirrors :func:`lcasc.prune.prune_network`: ``kept[layer] = range(width) - removed[layer]``, ascending;
-    channel ``j`` of the pruned layer is original filter ``kept[layer][j]``.
+    The same as :func:`lcasc.prune.prune_network` keeps (:func:`lcasc.models.graph.kept_channels`):
+    ``kept[layer] = range(width) - removed[layer]``, ascending; channel ``j`` of the pruned layer is original
+    filter ``kept[layer][j]``.
     """
-    removed = removed or {}
-    return {layer: [i for i in range(layer_width(base_spec, layer)) if i not in set(removed.get(layer, []))]
-            for layer in LAYERS}
+    return graph.kept_channels(base_spec, removed, LAYERS)
 
 
 def _kept_for(net: LowComplexityCNN, layer: str, kept: list[int] | None) -> list[int]:

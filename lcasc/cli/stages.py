@@ -212,7 +212,7 @@ def cmd_similarity(args) -> int:
     from lcasc.stages import report, similarity
 
     run = existing_run(args)
-    summary = similarity.run(run, tuple(args.layer or ("C1", "C2", "C3")), args.clips, args.threshold)
+    summary = similarity.run(run, tuple(args.layer or names.LAYERS), args.clips, args.threshold)
     for layer, res in summary["layers"].items():
         print(f"{layer}: {len(res['shared'])} pairs of maps with MSE <= {args.threshold:g} "
               f"over {summary['n_clips']} clips")

@@ -4,6 +4,8 @@ Input: (N, 1, 40, 51) float32 log-mel (or (N, 40, 51), a channel axis is added).
 C1 conv + BN + act -> C2 conv + BN + act -> P1 avg-pool 5x5 -> C3 conv + BN + act -> P2 avg-pool (4, 10)
 -> flatten (channel-major) -> dense + act -> dense n_classes (logits; softmax lives in the loss and in
 ``predict_proba``).
+The layer sequence and which layer consumes which channels are described once, in :mod:`lcasc.models.graph`;
+the module is built and run from that description.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from lcasc.models import graph
 
 ACTIVATIONS = {"T": nn.Tanh, "R": nn.ReLU}
 
@@ -42,7 +46,7 @@ class CNNSpec:
             raise ValueError(f"activations must be 4 letters from T/R (C1 C2 C3 dense), got {self.activations!r}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for 'same' padding, got {self.kernel_size}")
-        for name in ("c1", "c2", "c3", "dense"):
+        for name in graph.HIDDEN_WIDTHS:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         object.__setattr__(self, "pool1", tuple(self.pool1))
@@ -51,16 +55,18 @@ class CNNSpec:
     @property
     def widths(self) -> str:
         """Widths as the paper writes them: ``f1-f2-f3-dense``."""
-        return f"{self.c1}-{self.c2}-{self.c3}-{self.dense}"
+        return "-".join(str(getattr(self, name)) for name in graph.HIDDEN_WIDTHS)
 
     @classmethod
     def from_widths(cls, widths: str, **kwargs) -> CNNSpec:
         """``"16-16-32-100"`` -> spec (other fields from ``kwargs`` or the paper's defaults)."""
         try:
-            c1, c2, c3, dense = (int(v) for v in widths.split("-"))
+            values = [int(v) for v in widths.split("-")]
         except ValueError:
-            raise ValueError(f"widths must look like 16-16-32-100, got {widths!r}") from None
-        return cls(c1=c1, c2=c2, c3=c3, dense=dense, **kwargs)
+            values = []
+        if len(values) != len(graph.HIDDEN_WIDTHS):
+            raise ValueError(f"widths must look like 16-16-32-100, got {widths!r}")
+        return cls(**dict(zip(graph.HIDDEN_WIDTHS, values)), **kwargs)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -83,23 +89,9 @@ class LowComplexityCNN(nn.Module):
             spec = CNNSpec(c1=c1, c2=c2, c3=c3, dense=dense, kernel_size=kernel_size,
                            activations=activations, n_classes=n_classes)
         self.spec = spec
-        k, pad = spec.kernel_size, spec.kernel_size // 2
-        act = [ACTIVATIONS[a] for a in spec.activations]
-        self.conv1 = nn.Conv2d(1, spec.c1, k, padding=pad)
-        self.bn1 = nn.BatchNorm2d(spec.c1)
-        self.act1 = act[0]()
-        self.conv2 = nn.Conv2d(spec.c1, spec.c2, k, padding=pad)
-        self.bn2 = nn.BatchNorm2d(spec.c2)
-        self.act2 = act[1]()
-        self.pool1 = nn.AvgPool2d(spec.pool1)
-        self.conv3 = nn.Conv2d(spec.c2, spec.c3, k, padding=pad)
-        self.bn3 = nn.BatchNorm2d(spec.c3)
-        self.act3 = act[2]()
-        self.pool2 = nn.AvgPool2d(spec.pool2)
-        h, w = self.pooled_shape(spec)
-        self.fc1 = nn.Linear(spec.c3 * h * w, spec.dense)
-        self.act4 = act[3]()
-        self.fc2 = nn.Linear(spec.dense, spec.n_classes)
+        for node in graph.nodes(spec):  # in the family's order, so initial weights follow the seed as before
+            if node.attr is not None:
+                setattr(self, node.attr, _torch_layer(node))
 
     @classmethod
     def from_spec(cls, spec: CNNSpec) -> LowComplexityCNN:
@@ -108,35 +100,51 @@ class LowComplexityCNN(nn.Module):
     @staticmethod
     def pooled_shape(spec: CNNSpec) -> tuple[int, int]:
         """Height and width of the map after P2 (2 x 1 for the 40 x 51 input)."""
-        h, w = spec.n_mels // spec.pool1[0], spec.n_frames // spec.pool1[1]
-        h, w = h // spec.pool2[0], w // spec.pool2[1]
-        if h < 1 or w < 1:
-            raise ValueError(f"input {spec.n_mels}x{spec.n_frames} is too small for pools {spec.pool1}, {spec.pool2}")
-        return h, w
+        return graph.flattened_map(spec)[1:]
 
     def conv_blocks(self) -> list[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
         """The three convolution layers by their paper names, with their BatchNorm."""
-        return [("C1", self.conv1, self.bn1), ("C2", self.conv2, self.bn2), ("C3", self.conv3, self.bn3)]
+        return [(b.conv.name, getattr(self, b.conv.attr), getattr(self, b.bn.attr)) for b in graph.conv_blocks()]
+
+    def _run(self, attrs: tuple[str | None, ...], x: torch.Tensor) -> torch.Tensor:
+        for attr in attrs:
+            x = torch.flatten(x, 1) if attr is None else getattr(self, attr)(x)
+        return x
 
     def features(self, x: torch.Tensor, upto: str = "C3") -> torch.Tensor:
         """Feature maps after the activation of layer ``upto`` (C1, C2 or C3), before pooling."""
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        x = self.act1(self.bn1(self.conv1(x)))
-        if upto == "C1":
-            return x
-        x = self.act2(self.bn2(self.conv2(x)))
-        if upto == "C2":
-            return x
-        x = self.act3(self.bn3(self.conv3(self.pool1(x))))
-        return x
+        if upto not in _FEATURE_ATTRS:
+            graph.conv_block(upto)  # raises the ValueError naming the layers
+        return self._run(_FEATURE_ATTRS[upto], x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, 40, 51) or (N, 40, 51) log-mel -> (N, n_classes) logits."""
-        x = self.pool2(self.features(x, "C3"))
-        x = torch.flatten(x, 1)  # channel-major, as METHOD-NOTES §5.4 assumes
-        x = self.act4(self.fc1(x))
-        return self.fc2(x)
+        # the flatten is channel-major, as METHOD-NOTES §5.4 assumes
+        return self._run(_HEAD_ATTRS, self.features(x, graph.CONVS[-1]))
+
+
+# The module attributes run for the feature maps of each conv layer and for the head (None: the flatten), as
+# plain strings so that torch.compile traces the forward pass without a graph break.
+_FEATURE_ATTRS = {name: tuple(layer.attr for layer in graph.upto(name)) for name in graph.CONVS}
+_HEAD_ATTRS = tuple(layer.attr for layer in graph.head())
+
+
+def _torch_layer(node: graph.Node) -> nn.Module:
+    """The PyTorch module of one layer of the family ('same' padding for the odd conv kernels)."""
+    if node.kind == "conv":
+        k = node.window[0]
+        return nn.Conv2d(node.in_shape[0], node.out_shape[0], k, padding=k // 2)
+    if node.kind == "bn":
+        return nn.BatchNorm2d(node.out_shape[0])
+    if node.kind == "act":
+        return ACTIVATIONS[node.activation]()
+    if node.kind == "pool":
+        return nn.AvgPool2d(node.window)
+    if node.kind == "dense":
+        return nn.Linear(node.in_shape[0], node.out_shape[0])
+    raise ValueError(f"no module for a {node.kind} layer")
 
 
 class CNNClassifier:

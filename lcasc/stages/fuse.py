@@ -8,6 +8,7 @@ import logging
 from lcasc import fused as fusing
 from lcasc import quantize, saved_models
 from lcasc.io import write_json
+from lcasc.models import graph
 from lcasc.names import FUSED
 from lcasc.run import Run, RunError
 from lcasc.similarity import feature_map_mse, select_clips
@@ -42,7 +43,7 @@ def run(run: Run, threshold: float = 1e-4, members: list[str] | None = None) -> 
     # Which maps are shared is decided on validation clips (as the paper measured similarity), never on test.
     clips = select_clips(va.X, 10_000, run.seed)
     mse = {layer: feature_map_mse(nets, clips, layer, kept={n: kept[n][layer] for n in names}, threshold=threshold)
-           for layer in ("C1", "C2", "C3")}
+           for layer in graph.CONVS}
     module = fusing.build_fused(nets, kept, mse, threshold)
     saved_models.save_fused_plan(folder, module)  # what `lcasc predict --ensemble ensemble_fused` rebuilds
     if float_done:

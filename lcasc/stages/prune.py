@@ -15,6 +15,7 @@ from lcasc import metrics, plots
 from lcasc import prune as pruning
 from lcasc.features import opened
 from lcasc.io import read_json, write_json
+from lcasc.models import graph
 from lcasc.models.cnn import CNNClassifier, CNNSpec, LowComplexityCNN
 from lcasc.names import LAYER_SETS, UNPRUNED, UNPRUNED_FT, pruned_name
 from lcasc.recipes import teacher_logits
@@ -43,7 +44,7 @@ def run(run: Run, layers: list[str] | None = None, criterion: str = "similarity"
         removed_all = pruning.find_redundant(base.net, criterion=criterion, seed=run.seed)
         write_json(index_file, removed_all)
     log.info("prune (%s): removing %s filters of C1/C2/C3", criterion,
-             "/".join(str(len(removed_all[k])) for k in ("C1", "C2", "C3")))
+             "/".join(str(len(removed_all[k])) for k in graph.CONVS))
     va, te = run.split("validate"), run.split("test")
     finetune = replace(run.config.train, threads=1, progress=False,
                        **{k: v for k, v in (("max_epochs", max_epochs), ("patience", patience)) if v is not None})

@@ -6,6 +6,7 @@ import logging
 
 from lcasc import similarity
 from lcasc.io import read_json, write_json
+from lcasc.models import graph
 from lcasc.models.cnn import CNNClassifier
 from lcasc.names import UNPRUNED
 from lcasc.run import Run, RunError
@@ -25,7 +26,7 @@ def networks_with_kept(run: Run, names: list[str]) -> tuple[dict, dict]:
     return nets, {m: similarity.kept_from_removed(base, entries[m].get("removed")) for m in names}
 
 
-def run(run: Run, layers: tuple[str, ...] = ("C1", "C2", "C3"), clips: int = 10_000,
+def run(run: Run, layers: tuple[str, ...] = graph.CONVS, clips: int = 10_000,
                      threshold: float = 1e-4) -> dict:
     """Paper Figure 5: aggregated MSE between corresponding feature maps (same original filter) of every pair
     of the run's similarity-pruned networks and the unpruned one, on up to ``clips`` validation clips
