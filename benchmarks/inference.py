@@ -109,7 +109,7 @@ def latency_ms(fn: Callable[[int], object], n: int) -> float:
 
 def model_rows(run_dir: Path, X: np.ndarray, repeats: int) -> list[tuple[str, float, float]]:
     """(label, clips/s, ms per clip) of every runtime the run has files for."""
-    from lcasc import quantize
+    from lcasc import runtimes
     from lcasc.models.cnn import CNNClassifier
     from lcasc.predict import Predictor, _onnx_runner, _TorchCNN
 
@@ -120,13 +120,13 @@ def model_rows(run_dir: Path, X: np.ndarray, repeats: int) -> list[tuple[str, fl
         (f"PyTorch float, as trained ({name})", lambda: CNNClassifier.load(folder), len(X)),
         ("PyTorch float, as predict runs it (BN folded, channels-last)", lambda: _TorchCNN(folder), len(X)),
         ("ONNX Runtime float (OnnxClassifier defaults)",
-         lambda: quantize.OnnxClassifier(folder / "model.onnx", classes), len(X)),
+         lambda: runtimes.OnnxClassifier(folder / "model.onnx", classes), len(X)),
         ("ONNX Runtime float, idle threads sleep (predict)",
          lambda: _onnx_runner(folder / "model.onnx", classes), len(X)),
-        ("ONNX Runtime INT8 (QDQ)", lambda: quantize.OnnxClassifier(folder / "model_int8.onnx", classes), len(X)),
+        ("ONNX Runtime INT8 (QDQ)", lambda: runtimes.OnnxClassifier(folder / "model_int8.onnx", classes), len(X)),
         ("INT8 TFLite in LiteRT (optimised kernels)",
-         lambda: quantize.LiteRTClassifier(folder / "model_int8.tflite", classes, reference_kernels=False), len(X)),
-        ("INT8 TFLite in TFLite Micro", lambda: quantize.TFLiteMicroClassifier(folder / "model_int8.tflite", classes),
+         lambda: runtimes.LiteRTClassifier(folder / "model_int8.tflite", classes, reference_kernels=False), len(X)),
+        ("INT8 TFLite in TFLite Micro", lambda: runtimes.TFLiteMicroClassifier(folder / "model_int8.tflite", classes),
          min(len(X), 256)),
         ("6-network ensemble, PyTorch", lambda: Predictor(run_dir, ensemble="ensemble_all", backend="torch").classifier,
          len(X)),

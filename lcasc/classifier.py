@@ -1,7 +1,7 @@
 """The one interface every classifier in lcasc offers, and the ensemble built on it.
 
 Every classifier a run can name — the CNN (:class:`lcasc.models.cnn.CNNClassifier`), the INT8 and ONNX
-runners (:mod:`lcasc.quantize`), the fused ensemble (:mod:`lcasc.fused`), every baseline
+runners (:mod:`lcasc.runtimes`), the fused ensemble (:mod:`lcasc.fused`), every baseline
 (:mod:`lcasc.models.baselines`) and :class:`EnsembleClassifier` — has ``classes`` and ``predict_proba`` on
 features; the trainable ones also ``fit``, scikit-learn style (validation features where the model selects
 hyper-parameters or stops early). Features are float32 log-mel arrays of shape ``(N, n_mels, n_frames)``;

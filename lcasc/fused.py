@@ -24,14 +24,13 @@ distinct maps. A unit or member head picks its input channels from the previous 
 (no module, so no MACs: a gather is a copy). P1 and P2 pool the distinct maps once. Each member keeps its
 own fc1/fc2; the output is the mean of the members' softmax probabilities (paper §3).
 
-INT8: :func:`fused_keras_mirror` and :func:`export_fused_tflite_int8` give a full-integer TFLite file for
-TFLite Micro, the same route as :mod:`lcasc.quantize` for single networks (GATHER picks channels,
-CONCATENATION joins units, ADD/MUL average the members' softmaxes).
+INT8: :mod:`lcasc.export.fused_tflite` writes it as a full-integer TFLite file for TFLite Micro, the same
+route as :mod:`lcasc.export.tflite` for single networks (GATHER picks channels, CONCATENATION joins units
+and the members' logits).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,8 +46,8 @@ from lcasc.similarity import DEFAULT_THRESHOLD, LAYERS, feature_map_mse, layer_w
 
 # the family's layers after the last conv block: pooling (run once on the distinct maps), then per member
 # the flatten and the dense layers with their activations
-_HEAD_POOLS = tuple(layer for layer in graph.head() if layer.kind == "pool")
-_HEAD_LAYERS = tuple(layer for layer in graph.head() if layer.kind != "pool")
+HEAD_POOLS = tuple(layer for layer in graph.head() if layer.kind == "pool")
+HEAD_LAYERS = tuple(layer for layer in graph.head() if layer.kind != "pool")
 
 # --------------------------------------------------------------------------------------------------------
 # plan: which maps are shared (plain data)
@@ -149,13 +148,13 @@ class _Unit(nn.Module):
         return self.bn(self.conv(x))
 
 
-class _Head(nn.Module):
+class Head(nn.Module):
     """A member's flatten and dense layers on its pooled last-layer maps (``channels``: ids in the pooled pool,
     in its order); the modules are copies of the member's, under the member's attribute names."""
 
     def __init__(self, member: LowComplexityCNN, channels: list[int], identity: bool):
         super().__init__()
-        for layer in _HEAD_LAYERS:
+        for layer in HEAD_LAYERS:
             src = getattr(member, layer.attr) if layer.attr else None
             if layer.kind == "dense":
                 setattr(self, layer.attr, nn.Linear(src.in_features, src.out_features))
@@ -167,7 +166,7 @@ class _Head(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         x = pooled if self.identity else pooled.index_select(1, self.channels)
-        for layer in _HEAD_LAYERS:  # channel-major flatten, as the member's
+        for layer in HEAD_LAYERS:  # channel-major flatten, as the member's
             x = torch.flatten(x, 1) if layer.kind == "flatten" else getattr(self, layer.attr)(x)
         return x
 
@@ -239,7 +238,7 @@ class FusedEnsemble(nn.Module):
         self.heads = nn.ModuleList()
         for n in self.names:
             channels = [where[n, i] for i in self.kept[n][LAYERS[-1]]]
-            self.heads.append(_Head(by_name[n], channels, channels == list(range(n3))))
+            self.heads.append(Head(by_name[n], channels, channels == list(range(n3))))
         self.eval()
 
     @torch.no_grad()
@@ -301,7 +300,7 @@ class FusedEnsemble(nn.Module):
             # activations are elementwise: one call on the joined pool equals one per unit
             pool = self.acts[block.conv.name](outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
         pooled = pool
-        for p in _HEAD_POOLS:
+        for p in HEAD_POOLS:
             pooled = getattr(self, p.attr)(pooled)
         probs = [torch.softmax(head(pooled), dim=1) for head in self.heads]
         return torch.stack(probs).mean(dim=0)
@@ -422,18 +421,22 @@ def fuse_and_evaluate(nets: dict[str, LowComplexityCNN], kept: dict[str, dict[st
                       X_calib_for_mse: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, X_val: np.ndarray,
                       y_val: np.ndarray, thresholds: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2),
                       threshold: float = DEFAULT_THRESHOLD, figure_dir: Path | None = None,
-                      mse: Mapping | None = None, batch_size: int = 512) -> dict:
+                      mse: Mapping | None = None, batch_size: int = 512,
+                      fused: FusedEnsemble | None = None) -> dict:
     """Fuse ``nets`` at ``threshold`` and compare with the ordinary ensemble; sweep ``thresholds``.
 
     MSE per map is measured on ``X_calib_for_mse`` (N, n_mels, n_frames; e.g.
     ``similarity.select_clips(validation)``) for C1, C2 and C3, unless ``mse`` (layer -> feature_map_mse
     result) is given. ``figure_dir``: writes ``fused_tradeoff.png`` there when given.
 
+    ``fused``: the module built at ``threshold`` when the caller has it already.
+
     Returns ``{"threshold", "unfused": {...}, "fused": {...}, "saved": {"params", "macs"}, "tradeoff": [...],
-    "figures": [...], "module": FusedEnsemble}``. ``unfused``/``fused``: ``params``, ``macs``, ``test`` and
-    ``validate`` (:func:`lcasc.metrics.scores`); ``fused`` also ``sharing`` (per layer member maps, distinct
-    maps, shared maps). ``tradeoff``: :func:`tradeoff` rows on test and validation. Everything but
-    ``module`` is JSON-serialisable.
+    "figures": [...], "module": FusedEnsemble, "probabilities": {"test", "validate"}}``. ``unfused``/``fused``:
+    ``params``, ``macs``, ``test`` and ``validate`` (:func:`lcasc.metrics.scores`); ``fused`` also
+    ``sharing`` (per layer member maps, distinct maps, shared maps). ``tradeoff``: :func:`tradeoff` rows on
+    test and validation. ``probabilities``: the fused module's on the test and validation features. All but
+    ``module`` and ``probabilities`` is JSON-serialisable.
     """
     names = list(nets)
     members = [nets[n] for n in names]
@@ -446,11 +449,12 @@ def fuse_and_evaluate(nets: dict[str, LowComplexityCNN], kept: dict[str, dict[st
     unfused = {"params": base.params, "macs": base.macs,
                "test": metrics.scores(ensemble_proba(members, X_test), y_test, n_classes),
                "validate": metrics.scores(ensemble_proba(members, X_val), y_val, n_classes)}
-    fused = build_fused(nets, kept, mse, threshold)
+    fused = build_fused(nets, kept, mse, threshold) if fused is None else fused
     cost = fused_complexity(fused)
+    probabilities = {"test": fused.predict_proba(X_test), "validate": fused.predict_proba(X_val)}
     fused_entry = {"params": cost.params, "macs": cost.macs,
-                   "test": metrics.scores(fused.predict_proba(X_test), y_test, n_classes),
-                   "validate": metrics.scores(fused.predict_proba(X_val), y_val, n_classes),
+                   "test": metrics.scores(probabilities["test"], y_test, n_classes),
+                   "validate": metrics.scores(probabilities["validate"], y_val, n_classes),
                    "sharing": fused.sharing()}
     rows = tradeoff(nets, kept, mse, thresholds, {"test": (X_test, y_test), "validate": (X_val, y_val)})
     figures = []
@@ -459,115 +463,4 @@ def fuse_and_evaluate(nets: dict[str, LowComplexityCNN], kept: dict[str, dict[st
         figures.append("fused_tradeoff.png")
     return {"threshold": _json_threshold(threshold), "members": names, "unfused": unfused, "fused": fused_entry,
             "saved": {"params": base.params - cost.params, "macs": base.macs - cost.macs},
-            "tradeoff": rows, "figures": figures, "module": fused}
-
-
-# --------------------------------------------------------------------------------------------------------
-# INT8 export (Keras mirror -> full-integer TFLite for TFLite Micro)
-
-
-def fused_keras_mirror(fused: FusedEnsemble):
-    """A float Keras model computing what ``fused(x)`` computes, NHWC: input ``(N, n_mels, n_frames, 1)``,
-    output ``(N, n_members * n_classes)``: the members' logits side by side (probabilities are computed from
-    them in float, :func:`lcasc.quantize.probabilities_from_logits`).
-
-    Same conventions as :func:`lcasc.quantize.keras_mirror` (kernels ``(out, in, kh, kw) -> (kh, kw, in,
-    out)``, BatchNorm with eps 1e-5 folded by the converter, fc1 columns reordered for the channel-last
-    flatten). Each unit is Conv2D + BN; units are joined with Concatenate (the converter gives the convs the
-    joined tensor's scale, so no requantization); channels are picked with ``keras.ops.take`` (TFLite GATHER,
-    a copy that keeps the quantization) where a unit or head does not read the whole pool in order. ReLU
-    stays per unit (fused into the conv); TANH comes once after the join, so a single TANH output carries the
-    fixed 1/128 quantization TFLM needs (per-unit TANHs before a join would need requantizing QUANTIZE ops).
-    The members' fc2 logits are joined with Concatenate (one int8 scale for all of them).
-    """
-    from lcasc.quantize import keras_layer, tf_keras
-
-    keras = tf_keras()
-    spec = fused.spec
-    family = {n.name: n for n in graph.nodes(spec)}
-    weights: list = []  # (layer name, weights) set after the model is built
-    pool = inputs = keras.Input((spec.n_mels, spec.n_frames, 1), name="logmel")
-    for block in graph.conv_blocks():
-        for p in block.pools:
-            pool = keras_layer(keras, family[p.name])(pool)
-        pool = _keras_units(keras, fused, block, family, pool, weights)
-    for p in _HEAD_POOLS:
-        pool = keras_layer(keras, family[p.name])(pool)
-    logits = [_keras_head(keras, m, head, family, pool, weights) for m, head in enumerate(fused.heads)]
-    outputs = logits[0] if len(logits) == 1 else keras.layers.Concatenate(axis=-1, name="member_logits")(logits)
-    mirror = keras.Model(inputs, outputs, name=f"lcasc_fused_{len(logits)}")
-    for layer_name, values in weights:
-        mirror.get_layer(layer_name).set_weights(values)
-    return mirror
-
-
-def _keras_take(keras, x, idx: torch.Tensor, name: str):
-    """Channels ``idx`` of ``x`` (NHWC), in that order: a TFLite GATHER."""
-    idx = [int(i) for i in idx]
-    return keras.layers.Lambda(lambda t: keras.ops.take(t, np.array(idx, np.int32), axis=-1),
-                               output_shape=tuple(x.shape[1:-1]) + (len(idx),), name=name)(x)
-
-
-def _keras_units(keras, fused: FusedEnsemble, block: graph.ConvBlock, family: dict, pool, weights: list):
-    """The Keras layers of one conv layer's units on ``pool`` (gather, Conv2D, BN, ReLU per unit; joined;
-    TANH once after the join); appends the units' weights to ``weights``; returns the layer's joined output."""
-    from lcasc.quantize import keras_layer, keras_weights
-
-    layer = block.conv.name
-    conv, bn, act = family[layer], family[block.bn.name], family[block.act.name]
-    tanh = act.activation == "T"
-    outs = []
-    for u, unit in enumerate(fused.units[layer]):
-        name = f"{layer}_u{u}"
-        x = pool if unit.identity else _keras_take(keras, pool, unit.inputs, f"{name}_gather")
-        unit_conv = replace(conv, out_shape=(unit.conv.out_channels, *conv.out_shape[1:]))
-        x = keras_layer(keras, unit_conv, name=f"{name}_conv")(x)
-        x = keras_layer(keras, bn, name=f"{name}_bn")(x)
-        if not tanh:
-            x = keras_layer(keras, act, name=f"{name}_act")(x)
-        outs.append(x)
-        weights.append((f"{name}_conv", keras_weights(unit.conv, f"{name}_conv")))
-        weights.append((f"{name}_bn", keras_weights(unit.bn, f"{name}_bn")))
-    pool = outs[0] if len(outs) == 1 else keras.layers.Concatenate(axis=-1, name=f"{layer}_join")(outs)
-    return keras_layer(keras, act, name=f"{layer}_act")(pool) if tanh else pool
-
-
-def _keras_head(keras, m: int, head: _Head, family: dict, pooled, weights: list):
-    """Member ``m``'s Keras layers on the pooled maps (gather, flatten, dense layers with their activations
-    folded in); appends their weights to ``weights``; returns the member's logits."""
-    from lcasc.quantize import keras_layer, keras_weights
-
-    x = pooled if head.identity else _keras_take(keras, pooled, head.channels, f"m{m}_gather")
-    flattened = None
-    for i, layer in enumerate(_HEAD_LAYERS):
-        node, name = family[layer.name], f"m{m}_{layer.attr or layer.kind}"
-        if layer.kind == "flatten":
-            flattened = (len(head.channels), *node.in_shape[1:])  # (C, h, w) of this member
-            flat = flattened[0] * flattened[1] * flattened[2]
-            x = keras_layer(keras, replace(node, in_shape=flattened, out_shape=(flat,)), name=name)(x)
-        elif layer.kind == "dense":
-            module = getattr(head, layer.attr)
-            after = _HEAD_LAYERS[i + 1] if i + 1 < len(_HEAD_LAYERS) else None
-            folded = family[after.name].activation if after is not None and after.kind == "act" else None
-            x = keras_layer(keras, replace(node, out_shape=(module.out_features,)), folded, name=name)(x)
-            weights.append((name, keras_weights(module, name, flattened if _HEAD_LAYERS[i - 1].kind == "flatten"
-                                                else None)))
-        elif _HEAD_LAYERS[i - 1].kind != "dense":  # an activation not folded into a Dense layer
-            x = keras_layer(keras, node, name=name)(x)
-    return x
-
-
-def export_fused_tflite_int8(fused: FusedEnsemble, calibration: np.ndarray, path: str | os.PathLike,
-                             max_samples: int = 500, seed: int = 0) -> dict:
-    """Write a full-integer INT8 .tflite file of ``fused`` for TFLite Micro; returns ``{"file_bytes",
-    "arena_bytes"}``.
-
-    Same contract as :func:`lcasc.quantize.export_tflite_int8`: calibrated on a fixed random subset (at most
-    ``max_samples``, chosen with ``seed``) of ``calibration`` (N, n_mels, n_frames) real training log-mel;
-    written under a temporary name, refused if a TANH/SOFTMAX output lacks the quantization TFLM assumes,
-    checked to allocate and run in TFLM (smallest arena measured), then renamed to ``path``. Run it with
-    :class:`lcasc.quantize.TFLiteMicroClassifier`.
-    """
-    from lcasc.quantize import export_keras_int8
-
-    return export_keras_int8(fused_keras_mirror(fused), fused.spec, calibration, path, max_samples, seed)
+            "tradeoff": rows, "figures": figures, "module": fused, "probabilities": probabilities}

@@ -163,13 +163,13 @@ class _TorchCNN:
 
 
 def _onnx_runner(path: Path, classes: list[str]):
-    """:class:`lcasc.quantize.OnnxClassifier` on ``path``, with a session whose threads sleep instead of
+    """:class:`lcasc.runtimes.OnnxClassifier` on ``path``, with a session whose threads sleep instead of
     spinning when idle. Why: ONNX Runtime's idle threads spin-wait by default and so take CPU from the
     decoding and log-mel threads that run beside the network in :meth:`Predictor.predict_files` (measured
     on 2 cores: end to end +15 % clips/s; the network alone is as fast either way)."""
     import onnxruntime as ort
 
-    from lcasc.quantize import OnnxClassifier
+    from lcasc.runtimes import OnnxClassifier
 
     clf = OnnxClassifier(path, classes)  # checks the file against the classes
     options = ort.SessionOptions()
@@ -231,10 +231,10 @@ def _network_classifier(run_dir: Path, entry: dict, classes: list[str], backend:
 
 
 def tflm_classifier(path: Path, classes: list[str], arena_bytes: int | None = None):
-    """:class:`lcasc.quantize.TFLiteMicroClassifier` on ``path``. ``arena_bytes``: the arena the run measured
+    """:class:`lcasc.runtimes.TFLiteMicroClassifier` on ``path``. ``arena_bytes``: the arena the run measured
     for this file (results.json), used when it still suffices: measuring it again costs ~0.3 s per file, a
     lot for an ensemble of INT8 members; another TFLM version that needs more gets it measured."""
-    from lcasc.quantize import ARENA_MARGIN, TFLiteMicroClassifier
+    from lcasc.runtimes import ARENA_MARGIN, TFLiteMicroClassifier
 
     if arena_bytes:
         try:

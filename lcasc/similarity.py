@@ -31,6 +31,22 @@ DEFAULT_THRESHOLD = 1e-4  # paper: "similar with MSE <= 10^-4"
 DEFAULT_CLIPS = 10_000  # paper: "10k audio examples from the validation dataset"
 
 
+def from_json(data: dict) -> dict:
+    """The :func:`feature_map_mse` result of one layer back from :func:`to_json` data (``similarity.json``):
+    ``pairs`` with ``maps`` and float64 ``mse`` arrays (None -> NaN) and the ``shared`` maps, as computed."""
+    shared: dict[tuple[str, str], list[int]] = {}
+    for a, b, k in data["shared"]:
+        shared.setdefault((a, b), []).append(int(k))
+    pairs = {}
+    for key, p in data["per_pair"].items():
+        a, b = key.split("|")
+        pairs[a, b] = {"maps": np.array(p["maps"], dtype=int),
+                       "mse": np.array([np.nan if v is None else v for v in p["mse"]], dtype=np.float64),
+                       "shared": shared.get((a, b), [])}
+    return {"layer": data["layer"], "names": data["names"], "n_clips": data["n_clips"],
+            "threshold": data["threshold"], "pairs": pairs}
+
+
 # --------------------------------------------------------------------------------------------------------
 # correspondence
 

@@ -76,7 +76,7 @@ def tflm_outputs(run, bundle):
     """Per member: (int8 inputs, int8 logits, output scale, zero point) of the .tflite file in tflite-micro on
     every test-split clip."""
     from lcasc.mcu.run_export import TFLM_ARENA
-    from lcasc.quantize import TFLiteMicroClassifier
+    from lcasc.runtimes import TFLiteMicroClassifier
 
     X = run.split("test").X
     out = []
@@ -103,8 +103,8 @@ def test_host_library_equals_tflite_micro_on_every_test_clip_for_all_seven_netwo
 def test_host_probabilities_are_those_lcasc_predict_computes_from_the_int8_files(run, host_build, tflm_outputs):
     """lcasc_classify_logmel (C quantization, all seven members, float softmax, averaged) against the mean of
     lcasc's tflite-micro runners' probabilities on the test split."""
+    from lcasc.int8 import dequantize_int8, probabilities_from_logits
     from lcasc.mcu.toolchain import host_probabilities
-    from lcasc.quantize import dequantize_int8, probabilities_from_logits
 
     path, members, _ = host_build
     n = len(run.classes)
@@ -201,19 +201,20 @@ def test_export_refuses_a_file_that_is_not_the_networks_shape(tmp_path, run):
 def test_tanh_table_equals_tflite_micro_for_all_256_inputs(tmp_path):
     """The int8 TANH (gemmlowp fixed point in TFLM) tabulated by lcasc.mcu.fixedpoint, on TANH-only files
     converted at two input ranges, against tflite-micro running them on every int8 value."""
-    from lcasc import quantize as q
+    from lcasc import runtimes
+    from lcasc.export import tflite as tflite_export
     from lcasc.mcu.fixedpoint import tanh_int8_table
 
-    keras = q.tf_keras()
+    keras = tflite_export.tf_keras()
     values = np.resize(np.arange(-128, 128, dtype=np.int8), 40 * 51).reshape(1, 40, 51, 1)
     for spread in (0.7, 12.0):  # inside the fixed-point range; far beyond it (saturation)
         inp = keras.Input((40, 51, 1))
         model = keras.Model(inp, keras.layers.Activation("tanh")(inp))
         rng = np.random.default_rng(0)
-        data = q.convert_keras(model, (rng.normal(0.3, spread, (20, 40, 51))).astype(np.float32))
+        data = tflite_export.convert_keras(model, (rng.normal(0.3, spread, (20, 40, 51))).astype(np.float32))
         path = tmp_path / f"tanh_{spread}.tflite"
         path.write_bytes(data)
-        interp = q._tflm_interpreter(data, 1 << 16)
+        interp = runtimes._tflm_interpreter(data, 1 << 16)
         detail = interp.get_input_details(0)
         scale, zero_point = float(detail["quantization_parameters"]["scales"][0]), \
             int(detail["quantization_parameters"]["zero_points"][0])

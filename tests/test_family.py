@@ -129,8 +129,9 @@ def test_run_includes_the_cheap_baselines_and_refits_on_request(run_dir):
 
 @pytest.mark.skipif(not int8_available(), reason="INT8 export extras (lcasc[tflite]) not installed")
 def test_run_writes_int8_files_that_tflite_micro_runs(run_dir):
-    from lcasc.quantize import TFLiteMicroClassifier, fixed_qparam_violations
+    from lcasc.export.tflite import fixed_qparam_violations
     from lcasc.run import Run
+    from lcasc.runtimes import TFLiteMicroClassifier
 
     res = results(run_dir)
     nets = {n["name"]: n for n in res["networks"]}
@@ -308,7 +309,7 @@ def test_predict_ensemble_fused_int8_runs_the_fused_file_not_its_members(run_dir
     from lcasc.classifier import mean_probabilities
     from lcasc.cli import main
     from lcasc.features import FeatureParams, logmel
-    from lcasc.quantize import TFLiteMicroClassifier
+    from lcasc.runtimes import TFLiteMicroClassifier
 
     res = results(run_dir)
     entry = next(e for e in res["ensembles"] if e["name"] == "ensemble_fused_int8")

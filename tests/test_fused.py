@@ -211,36 +211,38 @@ needs_tflite = pytest.mark.skipif(bool(_MISSING), reason=f"INT8 export extras no
 
 @needs_tflite
 def test_fused_int8_tflite_runs_in_tflm(pruned, data, tmp_path):
-    from lcasc import quantize as q
+    from lcasc import int8, runtimes
+    from lcasc.export import fused_tflite
+    from lcasc.export import tflite as tflite_export
 
     nets, kept, mse = pruned
     X_train, _, X_test, y_test = data
     fused = F.build_fused(nets, kept, mse, threshold=1e-3)
     s = fused.sharing()
     assert s["C1"]["distinct_maps"] < s["C1"]["member_maps"]  # something is shared, so gathers are exercised
-    mirror = F.fused_keras_mirror(fused)
+    mirror = fused_tflite.fused_keras_mirror(fused)
     logits = mirror(X_test[:16, ..., None], training=False).numpy()
     assert logits.shape == (16, len(fused.heads) * len(CLASSES))  # the members' logits side by side
-    np.testing.assert_allclose(q.probabilities_from_logits(logits, len(CLASSES)), fused.predict_proba(X_test[:16]),
+    np.testing.assert_allclose(int8.probabilities_from_logits(logits, len(CLASSES)), fused.predict_proba(X_test[:16]),
                                atol=1e-5)
 
     path = tmp_path / "fused_int8.tflite"
-    info = F.export_fused_tflite_int8(fused, X_train, path)
+    info = fused_tflite.export_fused_tflite_int8(fused, X_train, path)
     assert info["file_bytes"] == path.stat().st_size
-    assert info["arena_bytes"] == q.arena_bytes(path)
-    ops = q.tflite_ops(path)
+    assert info["arena_bytes"] == runtimes.arena_bytes(path)
+    ops = runtimes.tflite_ops(path)
     names = [op["op"] for op in ops]
     assert {"GATHER", "CONCATENATION"} <= set(names) and "QUANTIZE" not in names
     assert "SOFTMAX" not in names and names[-1] == "CONCATENATION"
     assert names.count("CONV_2D") == sum(len(u) for u in fused.units.values())
     assert all(out["dtype"] == "INT8" for op in ops for out in op["outputs"])
-    assert q.fixed_qparam_violations(path) == []
+    assert tflite_export.fixed_qparam_violations(path) == []
 
-    check = q.compare_tflm_litert(path, X_test[:100])
+    check = runtimes.compare_tflm_litert(path, X_test[:100])
     assert check["kernel_max_step_diff"] <= 1
     assert check["argmax_agreement"] >= 0.99
 
-    tflm = q.TFLiteMicroClassifier(path, CLASSES)
+    tflm = runtimes.TFLiteMicroClassifier(path, CLASSES)
     p_int8, p_float = tflm.predict_proba(X_test), fused.predict_proba(X_test)
     assert np.abs(p_int8 - p_float).mean() < 0.01
     assert (p_int8.argmax(1) == p_float.argmax(1)).mean() >= 0.95

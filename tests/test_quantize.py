@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from lcasc import metrics
-from lcasc import quantize as q
+from lcasc import int8, metrics, runtimes
 from lcasc.classifier import Classifier
+from lcasc.export import onnx as onnx_export
+from lcasc.export import tflite as tflite_export
 from lcasc.models.cnn import CNNSpec, LowComplexityCNN
 
 from .conftest import adam_steps, synthetic_logmel
@@ -58,25 +59,25 @@ def net(data):
 @pytest.fixture(scope="module")
 def int8_file(net, data, tmp_path_factory):
     path = tmp_path_factory.mktemp("tflite") / "model_int8.tflite"
-    info = q.export_tflite_int8(net, data[0], path)
+    info = tflite_export.export_tflite_int8(net, data[0], path)
     return path, info
 
 
 @pytest.fixture(scope="module")
 def tflm(int8_file):
-    return q.TFLiteMicroClassifier(int8_file[0], CLASSES)
+    return runtimes.TFLiteMicroClassifier(int8_file[0], CLASSES)
 
 
 @pytest.fixture(scope="module")
 def litert(int8_file):
-    return q.LiteRTClassifier(int8_file[0], CLASSES, reference_kernels=True)
+    return runtimes.LiteRTClassifier(int8_file[0], CLASSES, reference_kernels=True)
 
 
 @pytest.fixture(scope="module")
 def onnx_files(net, data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
-    float_info = q.export_onnx(net, folder / "model.onnx")
-    int8_info = q.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", data[0])
+    float_info = onnx_export.export_onnx(net, folder / "model.onnx")
+    int8_info = onnx_export.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", data[0])
     return folder / "model.onnx", folder / "model_int8.onnx", float_info, int8_info
 
 
@@ -91,8 +92,8 @@ def test_import_is_cheap():
 
 def test_keras_mirror_matches_torch(net, data):
     X = data[2][:16]
-    mirror = q.keras_mirror(net)
-    p = q.probabilities_from_logits(mirror(X[..., None], training=False).numpy(), N_CLASSES)
+    mirror = tflite_export.keras_mirror(net)
+    p = int8.probabilities_from_logits(mirror(X[..., None], training=False).numpy(), N_CLASSES)
     np.testing.assert_allclose(p, float_proba(net, X), atol=1e-5)
 
 
@@ -121,14 +122,14 @@ def test_int8_file_is_full_integer_with_tflm_fixed_qparams(int8_file, litert):
                                              "AVERAGE_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "TANH",
                                              "FULLY_CONNECTED"]  # ends at the logits, no int8 softmax
     assert all(t is np.int8 for op in ops for t in op["result_types"])
-    assert q.fixed_qparam_violations(path) == []
+    assert tflite_export.fixed_qparam_violations(path) == []
 
 
 def test_tflm_within_one_step_of_litert_reference(int8_file, tflm, litert, data):
     """Every TFLM kernel within 1 int8 step of LiteRT's reference kernel on identical inputs; the final
     outputs agree closely (a 1-step rounding difference in FC1 can grow through tanh and the coarse
     logit scale before the softmax, so they are allowed a few steps, on few clips)."""
-    check = q.compare_tflm_litert(int8_file[0], data[2])
+    check = runtimes.compare_tflm_litert(int8_file[0], data[2])
     assert check["n"] == len(data[2])
     assert check["kernel_max_step_diff"] <= 1
     assert check["output_max_step_diff"] <= 8
@@ -163,10 +164,10 @@ def test_int8_close_to_float(tflm, net, data):
 def test_probabilities_from_logits_is_the_mean_of_member_softmaxes():
     z = np.array([[0.0, 1.0, 2.0, 5.0, 0.0, 0.0]])  # two members of three classes
     p1, p2 = np.exp([0.0, 1.0, 2.0]) / np.exp([0.0, 1.0, 2.0]).sum(), np.array([np.e ** 5, 1, 1]) / (np.e ** 5 + 2)
-    np.testing.assert_allclose(q.probabilities_from_logits(z, 3), [(p1 + p2) / 2], rtol=1e-6)
-    np.testing.assert_allclose(q.probabilities_from_logits(z[:, :3], 3), [p1], rtol=1e-6)
+    np.testing.assert_allclose(int8.probabilities_from_logits(z, 3), [(p1 + p2) / 2], rtol=1e-6)
+    np.testing.assert_allclose(int8.probabilities_from_logits(z[:, :3], 3), [p1], rtol=1e-6)
     with pytest.raises(ValueError, match="whole members"):
-        q.probabilities_from_logits(z, 4)
+        int8.probabilities_from_logits(z, 4)
 
 
 def test_runners_follow_the_classifier_protocol(tflm, litert, data):
@@ -179,7 +180,7 @@ def test_runners_follow_the_classifier_protocol(tflm, litert, data):
     np.testing.assert_allclose(litert.predict_proba(X), tflm.predict_proba(X), atol=0.02)
     np.testing.assert_array_equal(tflm.predict_proba(X[:, None]), tflm.predict_proba(X))  # (N, 1, 40, 51) too
     with pytest.raises(ValueError, match="outputs"):
-        q.LiteRTClassifier(litert.path, CLASSES[:3])
+        runtimes.LiteRTClassifier(litert.path, CLASSES[:3])
 
 
 def test_litert_batches_match_single_clips(litert, data):
@@ -191,14 +192,14 @@ def test_litert_batches_match_single_clips(litert, data):
 
 def test_arena_bytes_plausible(int8_file):
     path, info = int8_file
-    assert info["arena_bytes"] == q.arena_bytes(path)
+    assert info["arena_bytes"] == runtimes.arena_bytes(path)
     # 65,280 bytes are the two 40x51x16 int8 maps of C1 and C2, alive at the same time.
     assert 65_280 < info["arena_bytes"] < 75_000
-    report = q.tflm_allocation_report(path)
+    report = runtimes.tflm_allocation_report(path)
     assert report["head"] == 2 * 40 * 51 * 16
     assert report["total"] <= info["arena_bytes"] <= report["total"] + 1024
-    assert not q._tflm_runs(path.read_bytes(), info["arena_bytes"] - 64)
-    clf = q.TFLiteMicroClassifier(path, CLASSES, arena_size=info["arena_bytes"])  # the measured arena suffices
+    assert not runtimes._tflm_runs(path.read_bytes(), info["arena_bytes"] - 64)
+    clf = runtimes.TFLiteMicroClassifier(path, CLASSES, arena_size=info["arena_bytes"])  # the measured arena suffices
     assert clf.predict_proba(np.zeros((1, 40, 51), np.float32)).shape == (1, N_CLASSES)
 
 
@@ -206,9 +207,10 @@ def test_calibration_uses_every_segment_asked_for(int8_file, net, data, monkeypa
     """``max_samples`` above the default 500 is honoured (``lcasc quantize --calibration-segments 700``)."""
     seen = []
     good = int8_file[0].read_bytes()
-    monkeypatch.setattr(q, "convert_keras", lambda mirror, calibration: seen.append(len(calibration)) or good)
-    q.export_tflite_int8(net, data[0][:700], tmp_path / "a.tflite", max_samples=700)
-    q.export_tflite_int8(net, data[0][:700], tmp_path / "b.tflite")  # default: a fixed subset of 500
+    monkeypatch.setattr(tflite_export, "convert_keras",
+                        lambda mirror, calibration: seen.append(len(calibration)) or good)
+    tflite_export.export_tflite_int8(net, data[0][:700], tmp_path / "a.tflite", max_samples=700)
+    tflite_export.export_tflite_int8(net, data[0][:700], tmp_path / "b.tflite")  # default: a fixed subset of 500
     assert seen == [700, 500]
 
 
@@ -219,19 +221,19 @@ def test_export_leaves_only_the_target(int8_file):
 
 def test_failed_export_leaves_nothing(int8_file, net, data, monkeypatch, tmp_path):
     good = int8_file[0].read_bytes()
-    monkeypatch.setattr(q, "convert_keras", lambda mirror, calibration: good)  # the converter export calls
+    monkeypatch.setattr(tflite_export, "convert_keras", lambda mirror, calibration: good)  # the converter export calls
 
     def broken(path):
         raise RuntimeError("simulated failure after the temporary file was written")
 
-    monkeypatch.setattr(q, "arena_bytes", broken)
+    monkeypatch.setattr(tflite_export, "arena_bytes", broken)
     target = tmp_path / "model.tflite"
     with pytest.raises(RuntimeError, match="simulated"):
-        q.export_tflite_int8(net, data[0][:10], target)
+        tflite_export.export_tflite_int8(net, data[0][:10], target)
     assert list(tmp_path.iterdir()) == []
     target.write_bytes(b"previous file")
     with pytest.raises(RuntimeError, match="simulated"):
-        q.export_tflite_int8(net, data[0][:10], target)
+        tflite_export.export_tflite_int8(net, data[0][:10], target)
     assert target.read_bytes() == b"previous file"
     assert list(tmp_path.iterdir()) == [target]
 
@@ -252,19 +254,19 @@ def test_wrong_tanh_quantization_is_refused_and_caught_by_tflm_comparison(int8_f
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     bad = bytes(builder.Output())
     (tmp_path / "bad.tflite").write_bytes(bad)
-    assert len(q.fixed_qparam_violations(tmp_path / "bad.tflite")) == 1
-    assert q.compare_tflm_litert(tmp_path / "bad.tflite", data[2][:20])["kernel_max_step_diff"] > 10
+    assert len(tflite_export.fixed_qparam_violations(tmp_path / "bad.tflite")) == 1
+    assert runtimes.compare_tflm_litert(tmp_path / "bad.tflite", data[2][:20])["kernel_max_step_diff"] > 10
 
-    monkeypatch.setattr(q, "convert_keras", lambda mirror, calibration: bad)
+    monkeypatch.setattr(tflite_export, "convert_keras", lambda mirror, calibration: bad)
     with pytest.raises(RuntimeError, match="TANH"):
-        q.export_tflite_int8(net, data[0][:10], tmp_path / "out" / "model.tflite")
+        tflite_export.export_tflite_int8(net, data[0][:10], tmp_path / "out" / "model.tflite")
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_float_tflite_matches_torch(net, data, tmp_path):
-    info = q.export_tflite_float(net, tmp_path / "model.tflite")
+    info = tflite_export.export_tflite_float(net, tmp_path / "model.tflite")
     assert info["file_bytes"] == (tmp_path / "model.tflite").stat().st_size
-    clf = q.LiteRTClassifier(tmp_path / "model.tflite", CLASSES, reference_kernels=False)
+    clf = runtimes.LiteRTClassifier(tmp_path / "model.tflite", CLASSES, reference_kernels=False)
     assert not clf.int8
     np.testing.assert_allclose(clf.predict_proba(data[2]), float_proba(net, data[2]), atol=1e-5)
 
@@ -278,16 +280,16 @@ def test_other_networks_export(spec, data, tmp_path):
     mean, the decisions and accuracy, with a loose cap on the worst clip."""
     X_train, y_train, X_test, y_test = data
     net = train(spec, X_train, y_train, steps=100)
-    info = q.export_tflite_int8(net, X_train, tmp_path / "model.tflite")
+    info = tflite_export.export_tflite_int8(net, X_train, tmp_path / "model.tflite")
     assert 50_000 < info["arena_bytes"] < 75_000  # two 40x51xC1|C2 int8 maps dominate
-    ops = q.tflite_ops(tmp_path / "model.tflite")
+    ops = runtimes.tflite_ops(tmp_path / "model.tflite")
     assert all(out["dtype"] == "INT8" for op in ops for out in op["outputs"])
     assert sum(op["op"] == "TANH" for op in ops) == spec.activations.count("T")
-    assert q.fixed_qparam_violations(tmp_path / "model.tflite") == []
-    check = q.compare_tflm_litert(tmp_path / "model.tflite", X_test[:100])
+    assert tflite_export.fixed_qparam_violations(tmp_path / "model.tflite") == []
+    check = runtimes.compare_tflm_litert(tmp_path / "model.tflite", X_test[:100])
     assert check["kernel_max_step_diff"] <= 1
     assert check["output_max_step_diff"] <= 8
-    p_int8 = q.TFLiteMicroClassifier(tmp_path / "model.tflite", CLASSES).predict_proba(X_test[:100])
+    p_int8 = runtimes.TFLiteMicroClassifier(tmp_path / "model.tflite", CLASSES).predict_proba(X_test[:100])
     p_float = float_proba(net, X_test[:100])
     assert np.abs(p_int8 - p_float).max() < 0.2
     assert np.abs(p_int8 - p_float).mean() < 0.01
@@ -298,9 +300,9 @@ def test_other_networks_export(spec, data, tmp_path):
 
 def test_calibration_is_validated(net, tmp_path):
     with pytest.raises(ValueError, match="40, 51"):
-        q.export_tflite_int8(net, np.zeros((4, 40, 50), np.float32), tmp_path / "x.tflite")
+        tflite_export.export_tflite_int8(net, np.zeros((4, 40, 50), np.float32), tmp_path / "x.tflite")
     with pytest.raises(ValueError, match="NaN"):
-        q.export_tflite_int8(net, np.full((4, 40, 51), np.nan, np.float32), tmp_path / "x.tflite")
+        tflite_export.export_tflite_int8(net, np.full((4, 40, 51), np.nan, np.float32), tmp_path / "x.tflite")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -310,7 +312,7 @@ def test_calibration_is_validated(net, tmp_path):
 def test_onnx_float_matches_torch(onnx_files, net, data):
     float_path, _, float_info, _ = onnx_files
     assert float_info["file_bytes"] == float_path.stat().st_size
-    clf = q.OnnxClassifier(float_path, CLASSES)
+    clf = runtimes.OnnxClassifier(float_path, CLASSES)
     assert isinstance(clf, Classifier)
     np.testing.assert_allclose(clf.predict_proba(data[2]), float_proba(net, data[2]), atol=1e-5)
     assert clf.predict_proba(data[2][:3]).shape == (3, N_CLASSES)  # dynamic batch
@@ -320,7 +322,7 @@ def test_onnx_int8_runs_and_agrees(onnx_files, net, data):
     float_path, int8_path, float_info, int8_info = onnx_files
     assert int8_info["file_bytes"] < 0.6 * float_info["file_bytes"]
     assert sorted(p.name for p in float_path.parent.iterdir()) == ["model.onnx", "model_int8.onnx"]
-    p_int8 = q.OnnxClassifier(int8_path, CLASSES).predict_proba(data[2])
+    p_int8 = runtimes.OnnxClassifier(int8_path, CLASSES).predict_proba(data[2])
     p_float = float_proba(net, data[2])
     np.testing.assert_allclose(p_int8.sum(axis=1), 1.0, atol=1e-5)
     # ONNX Runtime's QDQ (MinMax calibration) is coarser than TFLite's converter (measured here: mean

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lcasc import quantize
+from lcasc import runtimes
+from lcasc.export import onnx as onnx_export
+from lcasc.export import tflite as tflite_export
 from lcasc.models.cnn import CNNClassifier
 from lcasc.run import Run, RunError
 from lcasc.stages.evaluate import evaluate_classifier
@@ -54,7 +56,7 @@ def checked_against_litert(run: Run, tflite: Path) -> dict:
     """The check that matters for an INT8 file (EXPORT-NOTES): TFLM's kernels against LiteRT's reference
     kernels, per operator, on 100 validation clips. A file off by more than one int8 step is deleted (never
     left for a later stage to trust) and the run stops."""
-    agreement = quantize.compare_tflm_litert(tflite, run.split("validate").X[:100])
+    agreement = runtimes.compare_tflm_litert(tflite, run.split("validate").X[:100])
     if agreement["kernel_max_step_diff"] > 1:
         tflite.unlink()
         raise RunError(f"{tflite}: TensorFlow Lite Micro differs from the LiteRT reference kernels by "
@@ -82,19 +84,19 @@ def run(run: Run, names: list[str] | None = None, calibration_segments: int = 50
             continue
         clf = CNNClassifier.load(folder)
         if not tflite.is_file():
-            quantize.export_tflite_int8(clf.net, calibration, tflite, max_samples=len(calibration))
+            tflite_export.export_tflite_int8(clf.net, calibration, tflite, max_samples=len(calibration))
         if with_onnx and not (folder / "model_int8.onnx").is_file():
-            quantize.export_onnx(clf.net, folder / "model.onnx")
-            quantize.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", calibration,
+            onnx_export.export_onnx(clf.net, folder / "model.onnx")
+            onnx_export.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", calibration,
                                         max_samples=len(calibration))
-        int8 = quantize.TFLiteMicroClassifier(tflite, run.classes)
+        int8 = runtimes.TFLiteMicroClassifier(tflite, run.classes)
         agreement = checked_against_litert(run, tflite)
         entry = {"name": f"{name}_int8", "kind": "cnn", "precision": "int8", "widths": net_entry["widths"],
                  **evaluate_classifier(run, int8, f"{name}_int8", figure=False),
                  "params": net_entry["params"], "macs": net_entry["macs"], "size_kb": net_entry["size_kb"],
                  "within_dcase_limits": net_entry["within_dcase_limits"],
                  "file": str(tflite.relative_to(run.dir)), "file_bytes": tflite.stat().st_size,
-                 "arena_bytes": int8.arena_size - quantize.ARENA_MARGIN,
+                 "arena_bytes": int8.arena_size - runtimes.ARENA_MARGIN,
                  **{key: (folder / f).stat().st_size for key, f in (("onnx_bytes", "model.onnx"),
                                                                   ("onnx_int8_bytes", "model_int8.onnx"))
                     if (folder / f).is_file()},

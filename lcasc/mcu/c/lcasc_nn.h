@@ -59,7 +59,7 @@ void lcasc_net_run(const lcasc_net_t *net, const int8_t *input, int8_t *logits, 
 void lcasc_net_probabilities(const lcasc_net_t *net, const int8_t *logits, float *probs);
 
 /* float log-mel (height x width) -> int8 with the network's input scale and zero point
- * (round half away from zero, saturated), as lcasc.quantize.quantize_int8 does. */
+ * (round half away from zero, saturated), as lcasc.int8.quantize_int8 does. */
 void lcasc_net_quantize_input(const lcasc_net_t *net, const float *logmel, int8_t *input);
 
 #ifdef __cplusplus

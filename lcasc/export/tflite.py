@@ -1,0 +1,224 @@
+"""Full-integer INT8 TFLite files for TensorFlow Lite Micro, from PyTorch networks through a Keras mirror.
+
+A Keras mirror of :class:`LowComplexityCNN` (NHWC, same weights, built layer by layer from the family's
+description, :mod:`lcasc.models.graph`) goes through ``tf.lite.TFLiteConverter`` with a representative
+dataset of real training features, giving int8 weights (per output channel), int8 activations, int8 input and
+output: what TFLM runs on a Cortex-M (METHOD-NOTES §6; the route in EXPORT-NOTES, both in docs/). Every
+file is checked before it is published: fixed-range ops carry the quantization TFLM assumes (TANH output
+scale 1/128, zero point 0) and TFLM allocates and runs it.
+
+File layout: input ``(1, n_mels, n_frames, 1)`` (batch axis dynamic for LiteRT; TFLM runs one clip at a
+time), the log-mel quantized with the input tensor's scale and zero point; output ``(1, n_members *
+n_classes)`` int8 logits (:mod:`lcasc.int8` turns them into probabilities). TensorFlow is imported inside
+the functions that need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lcasc.int8 import FIXED_INT8_OUTPUT_QPARAMS, feature_batch
+from lcasc.io import atomic_path, native_output_to
+from lcasc.runtimes import arena_bytes, tensorflow, tflite_ops
+
+if TYPE_CHECKING:
+    from lcasc.models.cnn import LowComplexityCNN
+
+
+MAX_CALIBRATION_SAMPLES = 500
+
+
+def tf_keras():
+    """TensorFlow's Keras, for the mirrors that the TFLite converter takes; refuses another Keras backend."""
+    keras = tensorflow().keras
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"the Keras mirror needs the TensorFlow backend, KERAS_BACKEND is {keras.backend.backend()}")
+    return keras
+
+
+def calibration_subset(calibration: np.ndarray, spec, max_samples: int, seed: int = 0) -> np.ndarray:
+    """At most ``max_samples`` clips of ``calibration`` (a fixed random subset when there are more)."""
+    X = feature_batch(calibration)
+    if X.shape[1:] != (spec.n_mels, spec.n_frames):
+        raise ValueError(f"calibration clips are {X.shape[1:]}, the network expects {(spec.n_mels, spec.n_frames)}")
+    if len(X) == 0:
+        raise ValueError("calibration needs at least one clip")
+    if not np.isfinite(X).all():
+        raise ValueError("calibration features contain NaN or infinity")
+    if len(X) > max_samples:
+        X = X[np.sort(np.random.default_rng(seed).choice(len(X), max_samples, replace=False))]
+    return X
+
+
+KERAS_ACTIVATIONS = {"T": "tanh", "R": "relu"}  # CNNSpec activation letter -> Keras activation
+
+
+def keras_mirror(model: LowComplexityCNN):
+    """A float Keras model computing what ``model(x)`` computes, in NHWC, built layer by layer from the
+    family's description (:func:`lcasc.models.graph.nodes`); each Keras layer is named after its torch module.
+
+    Input ``(N, n_mels, n_frames, 1)`` log-mel, output ``(N, n_classes)`` logits (see the module docstring).
+    Conv kernels are transposed ``(out, in, kh, kw) -> (kh, kw, in, out)``; BatchNorm keeps its four vectors and
+    PyTorch's epsilon (1e-5), so the float mirror matches to float32 rounding; the converter folds BN into
+    the convolutions. PyTorch flattens the (C3, h, w) map channel-major, Keras flattens (h, w, C3) channel
+    last: the first dense layer's input columns are reordered instead of adding a Permute layer. The flatten
+    is a plain reshape to ``(-1, h * w * C3)``, which keeps the batch axis dynamic with a single RESHAPE op
+    (Keras' Flatten adds SHAPE/STRIDED_SLICE/PACK when the batch is dynamic). A dense layer's activation is
+    the Dense layer's own (one FULLY_CONNECTED op with a fused activation).
+    """
+    from lcasc.models import graph
+
+    keras = tf_keras()
+    spec = model.spec
+    family = graph.nodes(spec)
+    x = inputs = keras.Input((spec.n_mels, spec.n_frames, 1), name="logmel")
+    for i, node in enumerate(family):
+        if node.kind == "act" and family[i - 1].kind == "dense":
+            continue  # folded into the Dense layer
+        folded = family[i + 1].activation if node.kind == "dense" and i + 1 < len(family) else None
+        x = keras_layer(keras, node, folded)(x)
+    mirror = keras.Model(inputs, x, name=f"lcasc_{spec.widths}")
+    for i, node in enumerate(family):
+        module = getattr(model, node.attr) if node.attr else None
+        if node.kind in ("conv", "bn"):
+            mirror.get_layer(node.attr).set_weights(keras_weights(module, node.attr))
+        elif node.kind == "dense":
+            flat = family[i - 1].in_shape if family[i - 1].kind == "flatten" else None
+            mirror.get_layer(node.attr).set_weights(keras_weights(module, node.attr, flat))
+    return mirror
+
+
+def keras_layer(keras, node, activation: str | None = None, name: str | None = None):
+    """The Keras layer of one family layer (:class:`lcasc.models.graph.Node`), named ``name`` or after its torch
+    module; ``activation``: the letter of an activation folded into a Dense layer."""
+    name = name or node.attr or node.kind
+    if node.kind == "conv":
+        return keras.layers.Conv2D(node.out_shape[0], node.window, padding="same", name=name)
+    if node.kind == "bn":
+        return keras.layers.BatchNormalization(epsilon=1e-5, name=name)
+    if node.kind == "act":
+        return keras.layers.Activation(KERAS_ACTIVATIONS[node.activation], name=name)
+    if node.kind == "pool":
+        return keras.layers.AveragePooling2D(node.window, name=name)
+    if node.kind == "flatten":
+        flat = node.out_shape[0]
+        return keras.layers.Lambda(lambda t: keras.ops.reshape(t, (-1, flat)), output_shape=(flat,), name=name)
+    if node.kind == "dense":
+        return keras.layers.Dense(node.out_shape[0], activation=activation and KERAS_ACTIVATIONS[activation],
+                                  name=name)
+    raise ValueError(f"no Keras layer for a {node.kind} layer")
+
+
+def keras_weights(module, name: str, flattened: tuple[int, int, int] | None = None) -> list[np.ndarray]:
+    """The Keras weights of a torch Conv2d, BatchNorm2d or Linear ``module`` (``name`` for errors).
+
+    ``flattened``: (C, h, w) of the map a Linear reads through the flatten; its columns are reordered from
+    PyTorch's channel-major to Keras' channel-last order.
+    """
+    from torch import nn
+
+    def numpy(t):
+        return t.detach().cpu().numpy().astype(np.float32)
+
+    if isinstance(module, nn.Conv2d):
+        return [numpy(module.weight).transpose(2, 3, 1, 0), numpy(module.bias)]
+    if isinstance(module, nn.Linear):
+        if flattened is None:
+            return [numpy(module.weight).T, numpy(module.bias)]
+        c, h, w = flattened
+        w1 = numpy(module.weight).reshape(module.out_features, c, h, w)  # (out, C, h, w): channel-major columns
+        return [w1.transpose(2, 3, 1, 0).reshape(c * h * w, module.out_features), numpy(module.bias)]
+    if not isinstance(module, nn.BatchNorm2d) or abs(module.eps - 1e-5) > 1e-12:
+        raise ValueError(f"{name}: expected BatchNorm2d with eps 1e-5")
+    return [numpy(module.weight), numpy(module.bias), numpy(module.running_mean), numpy(module.running_var)]
+
+
+def convert_keras(mirror, calibration: np.ndarray | None) -> bytes:
+    """TFLite flatbuffer of a Keras log-mel model (input ``(N, n_mels, n_frames, 1)``): float32 when
+    ``calibration`` is None, otherwise full-integer INT8 (per-channel int8 weights, int8 activations, int8
+    input and output) calibrated on ``calibration`` (N, n_mels, n_frames) real log-mel."""
+    tf = tensorflow()
+    converter = tf.lite.TFLiteConverter.from_keras_model(mirror)
+    if calibration is not None:
+        def representative_dataset():
+            for clip in calibration:
+                yield [clip[None, :, :, None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), native_output_to(os.devnull):
+        warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected" and the like
+        return converter.convert()
+
+
+def _convert(model: LowComplexityCNN, calibration: np.ndarray | None) -> bytes:
+    """The TFLite flatbuffer of a network: float32 when ``calibration`` is None, otherwise full-integer INT8."""
+    return convert_keras(keras_mirror(model), calibration)
+
+
+def fixed_qparam_violations(path: str | os.PathLike) -> list[str]:
+    """Descriptions of int8 TANH / LOGISTIC / SOFTMAX outputs whose quantization TFLM would not honour
+    (see :data:`FIXED_INT8_OUTPUT_QPARAMS`); empty when the file is safe."""
+    problems = []
+    for i, op in enumerate(tflite_ops(path)):
+        if op["op"] not in FIXED_INT8_OUTPUT_QPARAMS:
+            continue
+        scale, zero_point = FIXED_INT8_OUTPUT_QPARAMS[op["op"]]
+        for out in op["outputs"]:
+            if out["dtype"] != "INT8":
+                continue
+            if (len(out["scales"]) != 1 or abs(out["scales"][0] - scale) > 1e-9 * scale
+                    or out["zero_points"] != [zero_point]):
+                problems.append(f"op {i} {op['op']} output {out['name']!r}: scale {out['scales']} zero point "
+                                f"{out['zero_points']}, TFLM needs {scale} and {zero_point}")
+    return problems
+
+
+def export_tflite_int8(model: LowComplexityCNN, calibration: np.ndarray, path: str | os.PathLike,
+                       max_samples: int = MAX_CALIBRATION_SAMPLES, seed: int = 0) -> dict:
+    """Write a full-integer INT8 .tflite file for TFLite Micro; returns ``{"file_bytes", "arena_bytes"}``.
+
+    ``calibration``: (N, n_mels, n_frames) float32 real training log-mel; a fixed random subset of at most
+    ``max_samples`` clips (chosen with ``seed``) calibrates the activation ranges. Weights are int8 per
+    output channel, activations and the file's input/output int8. Written as :func:`export_keras_int8` does.
+    """
+    return export_keras_int8(keras_mirror(model), model.spec, calibration, path, max_samples, seed)
+
+
+def export_keras_int8(mirror, spec, calibration: np.ndarray, path: str | os.PathLike,
+                      max_samples: int = MAX_CALIBRATION_SAMPLES, seed: int = 0) -> dict:
+    """Full-integer INT8 .tflite of any Keras log-mel model (a network's or a fused ensemble's mirror) whose
+    input is ``spec.n_mels`` x ``spec.n_frames``; returns ``{"file_bytes", "arena_bytes"}``.
+
+    The file is written under a temporary name beside ``path``, checked (fixed-range op quantization; TFLM
+    allocates and runs it, and the smallest arena is measured), and only then renamed to ``path``: a failure
+    leaves ``path`` as it was. ``arena_bytes`` is :func:`arena_bytes` of the file.
+    """
+    X = calibration_subset(calibration, spec, max_samples, seed)
+    data = convert_keras(mirror, X)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+        problems = fixed_qparam_violations(tmp)
+        if problems:
+            raise RuntimeError("the converter produced quantization TFLM cannot run:\n" + "\n".join(problems))
+        arena = arena_bytes(tmp)
+    return {"file_bytes": len(data), "arena_bytes": arena}
+
+
+def export_tflite_float(model: LowComplexityCNN, path: str | os.PathLike) -> dict:
+    """Write a float32 .tflite file (same layout as the INT8 one, float input/output); returns
+    ``{"file_bytes"}``. Written atomically."""
+    data = _convert(model, None)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return {"file_bytes": len(data)}
