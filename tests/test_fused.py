@@ -177,8 +177,10 @@ def test_fuse_and_evaluate(pruned, data, tmp_path):
     thresholds = (0.0, 1e-4, 1e-3, np.inf)
     out = F.fuse_and_evaluate(nets, kept, X_train[:400], X_test, y_test, X_test[:100], y_test[:100],
                               thresholds=thresholds, threshold=1e-3, figure_dir=tmp_path, mse=mse)
-    module = out.pop("module")
+    module, probabilities = out.pop("module"), out.pop("probabilities")
     json.dumps(out, allow_nan=False)
+    np.testing.assert_array_equal(probabilities["test"], module.predict_proba(X_test))  # the module's own
+    assert probabilities["validate"].shape == (100, len(CLASSES))
     assert (tmp_path / "fused_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     rows = out["tradeoff"]
     assert [r["threshold"] for r in rows] == [0.0, 1e-4, 1e-3, None]  # inf is not JSON
