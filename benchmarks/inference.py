@@ -33,8 +33,9 @@ import soxr
 
 from lcasc import audio
 from lcasc.data import default_dataset
-from lcasc.features import cpu_count, logmel
 from lcasc.io import read_json
+from lcasc.logmel import logmel
+from lcasc.workers import cpu_count
 
 
 def ensure_run(run_dir: Path | None) -> Path:

@@ -47,9 +47,10 @@ import numpy as np
 import yaml
 
 from lcasc import audio
-from lcasc.features import FeatureParams, cpu_count, logmel
+from lcasc.logmel import FeatureParams, logmel
 from lcasc.names import BACKENDS, FORMATS
 from lcasc.registry import PredictError, read_results, resolve
+from lcasc.workers import cpu_count
 
 log = logging.getLogger("lcasc")
 SILENCE_DB = -60.0  # runs whose config.yaml predates silence_db left out segments below this level

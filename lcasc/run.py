@@ -22,8 +22,9 @@ import numpy as np
 import yaml
 
 from lcasc.data import Dataset, load_dataset
-from lcasc.features import FeatureParams, FeatureSet, extract
+from lcasc.features import FeatureSet, extract
 from lcasc.io import atomic_path, read_json, write_json, write_yaml
+from lcasc.logmel import FeatureParams
 from lcasc.models.cnn import CNNSpec
 from lcasc.train import TrainConfig
 

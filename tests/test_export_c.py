@@ -116,7 +116,7 @@ def test_host_probabilities_are_those_lcasc_predict_computes_from_the_int8_files
 
 @needs_cc
 def test_host_front_end_equals_lcasc_logmel_on_real_clips(host_build):
-    from lcasc.features import logmel
+    from lcasc.logmel import logmel
     from lcasc.mcu.toolchain import host_logmel
 
     path, _, pcm = host_build

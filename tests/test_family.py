@@ -308,7 +308,7 @@ def test_predict_ensemble_fused_int8_runs_the_fused_file_not_its_members(run_dir
     from lcasc.audio import load, segment
     from lcasc.classifier import mean_probabilities
     from lcasc.cli import main
-    from lcasc.features import FeatureParams, logmel
+    from lcasc.logmel import FeatureParams, logmel
     from lcasc.runtimes import TFLiteMicroClassifier
 
     res = results(run_dir)

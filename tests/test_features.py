@@ -5,7 +5,8 @@ import scipy.signal
 from lcasc import audio
 from lcasc.data import default_dataset
 from lcasc.data.datasets import load_csv
-from lcasc.features import EPS, FeatureParams, extract, logmel, mel_filterbank
+from lcasc.features import extract
+from lcasc.logmel import EPS, FeatureParams, logmel, mel_filterbank
 
 from .conftest import make_csv_dataset, real_clips
 

@@ -137,7 +137,7 @@ extern const char *const lcasc_class_names[LCASC_N_CLASSES];
 
 def tables_source() -> str:
     """lcasc_tables.c: window, twiddles and mel filterbank of lcasc's log-mel (lcasc.features)."""
-    from lcasc.features import FeatureParams, _filters
+    from lcasc.logmel import FeatureParams, _filters
 
     params = FeatureParams()
     window, mel = _filters(params)

@@ -73,8 +73,8 @@ def real_clips(run, n: int) -> np.ndarray:
 def int8_inputs(members: list[Member], pcm: np.ndarray) -> list[np.ndarray]:
     """Per member, (n, 40*51) int8 inputs of the clips as lcasc quantizes them (float64 log-mel, the file's
     input scale and zero point): what the Cortex-M4 image runs to compare the network's bits alone."""
-    from lcasc.features import logmel
     from lcasc.int8 import quantize_int8
+    from lcasc.logmel import logmel
 
     X = logmel(pcm.astype(np.float64) / 32768.0)
     return [quantize_int8(X, m.network.input_scale, m.network.input_zero_point).reshape(len(pcm), -1)
@@ -83,7 +83,7 @@ def int8_inputs(members: list[Member], pcm: np.ndarray) -> list[np.ndarray]:
 
 def check_host(bundle: Path, members: list[Member], run, pcm: np.ndarray) -> dict:
     """Host build against tflite-micro on the whole test split and against lcasc's front end on ``pcm``."""
-    from lcasc.features import logmel
+    from lcasc.logmel import logmel
     from lcasc.runtimes import TFLiteMicroClassifier
 
     toolchain.build_host(bundle)
