@@ -10,6 +10,8 @@ TORCH ?= torch==2.13.0
 RUN_EXTRAS := onnx,tflite
 TEST_EXTRAS := onnx,tflite,ray,test
 ARGS ?=
+# Test processes (pytest-xdist): each module's tests stay on one (tests/conftest.py); 2 fits a 2-core machine.
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test lint clean
 
@@ -33,7 +35,7 @@ run: $(VENV)/.installed-run
 	$(VENV)/bin/lcasc run $(ARGS)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check lcasc tests benchmarks

@@ -29,10 +29,19 @@ def pytest_configure(config):
     import importlib.util
     import os
 
+    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist runs on one worker")
     missing = [f"{m} ({extra})" for m, extra in EXTRAS.items() if importlib.util.find_spec(m) is None]
     if os.environ.get("LCASC_REQUIRE_EXTRAS") == "1" and missing:
         raise pytest.UsageError("LCASC_REQUIRE_EXTRAS=1 but these packages are missing, so their tests would "
                                 "be skipped: " + ", ".join(missing))
+
+
+def pytest_collection_modifyitems(config, items):
+    """For ``pytest -n N --dist loadgroup`` (``make test``): the tests of one module stay on one worker (their
+    module fixtures are built once), and every test of the shared run (``family_run``) on the same one."""
+    for item in items:
+        group = "family_run" if "family_run" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
