@@ -246,6 +246,8 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*(LeafSpec|treespec|TreeSpec).*")
+        # workdir holds finetune.json (the budget), or the checkpoints of a training being resumed
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(module, loader(X, y, config.batch_size, config.seed, True, lambda: trainer.current_epoch,
                                         teacher_logits),
                     loader(X_val, y_val, 1024, config.seed, False),
