@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from lcasc import fused as F
+from lcasc import fused_tradeoff as FT
 from lcasc import similarity as S
 from lcasc.classifier import EnsembleClassifier
 from lcasc.complexity import count
@@ -175,7 +176,7 @@ def test_fuse_and_evaluate(pruned, data, tmp_path):
     nets, kept, mse = pruned
     X_train, y_train, X_test, y_test = data
     thresholds = (0.0, 1e-4, 1e-3, np.inf)
-    out = F.fuse_and_evaluate(nets, kept, X_train[:400], X_test, y_test, X_test[:100], y_test[:100],
+    out = FT.fuse_and_evaluate(nets, kept, X_train[:400], X_test, y_test, X_test[:100], y_test[:100],
                               thresholds=thresholds, threshold=1e-3, figure_dir=tmp_path, mse=mse)
     module, probabilities = out.pop("module"), out.pop("probabilities")
     json.dumps(out, allow_nan=False)
@@ -199,7 +200,7 @@ def test_fuse_and_evaluate(pruned, data, tmp_path):
 
 def test_fuse_and_evaluate_measures_mse_itself(same_c1, data):
     X_train, y_train, X_test, y_test = data
-    out = F.fuse_and_evaluate(same_c1, {}, X_train[:100], X_test[:50], y_test[:50], X_test[50:100],
+    out = FT.fuse_and_evaluate(same_c1, {}, X_train[:100], X_test[:50], y_test[:50], X_test[50:100],
                               y_test[50:100], thresholds=(0.0,), threshold=0.0)
     assert out["saved"] == {"params": 224, "macs": 293_760}  # the identical C1, found from the data
     assert out["fused"]["sharing"]["C1"]["distinct_maps"] == 16

@@ -130,136 +130,142 @@ def _activation_range(code: int, scale: float, zero_point: int, where: str) -> t
     raise UnsupportedModel(f"{where}: fused activation {code} is not supported")
 
 
-def read_network(path: str | os.PathLike) -> Network:
-    """Parse ``path`` (a full-integer .tflite of the paper's CNN ending at the int8 logits)."""
-    from tflite_micro.python.tflite_micro import runtime
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+class _Reader:
+    """The parsed flatbuffer of one .tflite file, with what :func:`read_network` asks of its tensors and ops."""
 
-    path = Path(path)
-    try:
-        model = runtime.convert_bytearray_to_object(bytearray(path.read_bytes()))
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # not a flatbuffer
-        raise UnsupportedModel(f"{path}: not a readable .tflite file ({e})") from e
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if isinstance(v, int)}
-    graph = model.subgraphs[0]
+    def __init__(self, path: Path):
+        from tflite_micro.python.tflite_micro import runtime
+        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
-    def tensor(i):
-        return graph.tensors[i]
+        try:
+            self.model = runtime.convert_bytearray_to_object(bytearray(path.read_bytes()))
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # not a flatbuffer
+            raise UnsupportedModel(f"{path}: not a readable .tflite file ({e})") from e
+        self.path, self.schema = path, schema
+        op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if isinstance(v, int)}
+        self.graph = self.model.subgraphs[0]
+        self.ops = []
+        for op in self.graph.operators or []:
+            code = runtime.get_builtin_code_from_operator_code(self.model.operatorCodes[op.opcodeIndex])
+            self.ops.append((op_names.get(code, str(code)), op))
+        self.pos = 0  # the next op to read
 
-    def qparams(i) -> tuple[np.ndarray, np.ndarray]:
-        q = tensor(i).quantization
+    def tensor(self, i):
+        return self.graph.tensors[i]
+
+    def qparams(self, i) -> tuple[np.ndarray, np.ndarray]:
+        q = self.tensor(i).quantization
         if q is None or q.scale is None or len(q.scale) == 0:
-            raise UnsupportedModel(f"{path}: tensor {tensor(i).name!r} is not quantized")
+            raise UnsupportedModel(f"{self.path}: tensor {self.tensor(i).name!r} is not quantized")
         return np.asarray(q.scale, np.float32), np.asarray(q.zeroPoint, np.int64)
 
-    def const(i, dtype) -> np.ndarray:
-        t = tensor(i)
-        data = model.buffers[t.buffer].data
+    def const(self, i, dtype) -> np.ndarray:
+        t = self.tensor(i)
+        data = self.model.buffers[t.buffer].data
         if data is None:
-            raise UnsupportedModel(f"{path}: tensor {t.name!r} has no constant data")
+            raise UnsupportedModel(f"{self.path}: tensor {t.name!r} has no constant data")
         return np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtype).reshape(tuple(int(s) for s in t.shape))
 
-    def check_int8(i, where):
-        if tensor(i).type != schema.TensorType.INT8:
-            raise UnsupportedModel(f"{path}: {where}: tensor {tensor(i).name!r} is not int8")
+    def check_int8(self, i, where):
+        if self.tensor(i).type != self.schema.TensorType.INT8:
+            raise UnsupportedModel(f"{self.path}: {where}: tensor {self.tensor(i).name!r} is not int8")
 
-    ops = []
-    for op in graph.operators or []:
-        code = runtime.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
-        ops.append((op_names.get(code, str(code)), op))
-    names = [n for n, _ in ops]
-    i_in = int(graph.inputs[0])
-    check_int8(i_in, "input")
-    shape = [int(s) for s in tensor(i_in).shape]
-    if len(shape) != 4 or shape[3] != 1:
-        raise UnsupportedModel(f"{path}: input shape {shape}, expected (1, mel bands, frames, 1)")
-    s_in, z_in = qparams(i_in)
-    net = Network(path, shape[1], shape[2], float(s_in[0]), int(z_in[0]))
+    def expect(self, name: str) -> object:
+        """The op at the current position, which must be ``name``."""
+        if self.pos >= len(self.ops) or self.ops[self.pos][0] != name:
+            found = self.ops[self.pos][0] if self.pos < len(self.ops) else "the end of the graph"
+            raise UnsupportedModel(f"{self.path}: op {self.pos} is {found}, expected {name} (the C library "
+                                   f"implements {_EXPECTED}; the file has {' '.join(n for n, _ in self.ops)})")
+        return self.ops[self.pos][1]
 
-    def weighted(name: str, op, cls, where: str):
+    def weighted(self, name: str, cls):
+        """The CONV_2D or FULLY_CONNECTED at the current position as a ``cls`` layer (requantization ready)."""
+        op, where = self.expect(name), f"op {self.pos} {name}"
         i_x, i_w, i_b = (int(v) for v in op.inputs[:3])
         i_y = int(op.outputs[0])
         for i in (i_x, i_w, i_y):
-            check_int8(i, where)
-        s_x, z_x = qparams(i_x)
-        s_w, z_w = qparams(i_w)
-        s_y, z_y = qparams(i_y)
+            self.check_int8(i, where)
+        (s_x, z_x), (s_w, z_w), (s_y, z_y) = self.qparams(i_x), self.qparams(i_w), self.qparams(i_y)
         if np.any(z_w != 0):
-            raise UnsupportedModel(f"{path}: {where}: weights with a non-zero zero point are not supported")
-        w = const(i_w, np.int8)
+            raise UnsupportedModel(f"{self.path}: {where}: weights with a non-zero zero point are not supported")
+        w = self.const(i_w, np.int8)
         if name == "CONV_2D":
             o = op.builtinOptions
             if (o.strideW, o.strideH, o.dilationWFactor, o.dilationHFactor) != (1, 1, 1, 1) or o.padding != 0 \
                     or w.shape[1] != w.shape[2] or w.shape[1] % 2 == 0 or w.shape[1] > 15:
-                raise UnsupportedModel(f"{path}: {where}: only odd k x k 'same' convolutions of stride 1, k <= 15, "
-                                       f"are supported (kernel {list(w.shape)}, padding {o.padding})")
+                raise UnsupportedModel(f"{self.path}: {where}: only odd k x k 'same' convolutions of stride 1, "
+                                       f"k <= 15, are supported (kernel {list(w.shape)}, padding {o.padding})")
         else:
             w = w.reshape(w.shape[0], 1, 1, w.shape[1])
         cout = w.shape[0]
-        bias = const(i_b, np.int32).reshape(-1) if i_b >= 0 else np.zeros(cout, np.int32)
+        bias = self.const(i_b, np.int32).reshape(-1) if i_b >= 0 else np.zeros(cout, np.int32)
         if len(s_w) == 1:  # per-tensor: TFLM multiplies the two float32 scales in float32
             reals = [float(np.float32(s_x[0]) * np.float32(s_w[0])) / float(s_y[0])] * cout
         else:
             reals = [float(s_x[0]) * float(s) / float(s_y[0]) for s in s_w]
         mult, shift = zip(*(fx.quantize_multiplier(r) for r in reals))
         lo, hi = _activation_range(op.builtinOptions.fusedActivationFunction, float(s_y[0]), int(z_y[0]), where)
+        self.pos += 1
         return cls(w=w, bias=bias.astype(np.int32), multiplier=np.array(mult, np.int32),
                    shift=np.array(shift, np.int32), input_offset=-int(z_x[0]), output_offset=int(z_y[0]),
                    act_min=lo, act_max=hi, out_scale=float(s_y[0]), out_zero_point=int(z_y[0]))
 
-    def follow_tanh(pos: int, layer) -> int:
-        """Attach the TANH at ``pos`` (if any) to ``layer``; returns the next position."""
-        if pos < len(ops) and ops[pos][0] == "TANH":
-            i_x = int(ops[pos][1].inputs[0])
-            s_x, z_x = qparams(i_x)
+    def follow_tanh(self, layer) -> None:
+        """Attach the TANH at the current position (if there is one) to ``layer``."""
+        if self.pos < len(self.ops) and self.ops[self.pos][0] == "TANH":
+            s_x, z_x = self.qparams(int(self.ops[self.pos][1].inputs[0]))
             layer.tanh = fx.tanh_int8_table(float(s_x[0]), int(z_x[0]))
             layer.out_scale, layer.out_zero_point = 1 / 128, 0
-            return pos + 1
-        return pos
+            self.pos += 1
 
-    expected = "CONV_2D [TANH] CONV_2D [TANH] AVERAGE_POOL_2D CONV_2D [TANH] AVERAGE_POOL_2D RESHAPE " \
-               "FULLY_CONNECTED [TANH] FULLY_CONNECTED"
-    pos = 0
+    def pool(self) -> Pool:
+        """The AVERAGE_POOL_2D at the current position."""
+        op = self.expect("AVERAGE_POOL_2D")
+        o = op.builtinOptions
+        (s_x, z_x), (s_y, z_y) = self.qparams(int(op.inputs[0])), self.qparams(int(op.outputs[0]))
+        if (o.strideH, o.strideW) != (o.filterHeight, o.filterWidth) or o.padding != 1 \
+                or not np.allclose(s_x, s_y, rtol=0, atol=0) or z_x[0] != z_y[0]:
+            raise UnsupportedModel(f"{self.path}: op {self.pos} AVERAGE_POOL_2D: only 'valid' pooling with stride "
+                                   "= window and unchanged quantization is supported")
+        lo, hi = _activation_range(o.fusedActivationFunction, float(s_y[0]), int(z_y[0]), f"op {self.pos}")
+        self.pos += 1
+        return Pool(o.filterHeight, o.filterWidth, lo, hi)
 
-    def expect(name: str) -> None:
-        if pos >= len(ops) or ops[pos][0] != name:
-            found = ops[pos][0] if pos < len(ops) else "the end of the graph"
-            raise UnsupportedModel(f"{path}: op {pos} is {found}, expected {name} (the C library implements "
-                                   f"{expected}; the file has {' '.join(names)})")
 
+_EXPECTED = ("CONV_2D [TANH] CONV_2D [TANH] AVERAGE_POOL_2D CONV_2D [TANH] AVERAGE_POOL_2D RESHAPE "
+             "FULLY_CONNECTED [TANH] FULLY_CONNECTED")
+
+
+def read_network(path: str | os.PathLike) -> Network:
+    """Parse ``path`` (a full-integer .tflite of the paper's CNN ending at the int8 logits)."""
+    path = Path(path)
+    r = _Reader(path)
+    i_in = int(r.graph.inputs[0])
+    r.check_int8(i_in, "input")
+    shape = [int(s) for s in r.tensor(i_in).shape]
+    if len(shape) != 4 or shape[3] != 1:
+        raise UnsupportedModel(f"{path}: input shape {shape}, expected (1, mel bands, frames, 1)")
+    s_in, z_in = r.qparams(i_in)
+    net = Network(path, shape[1], shape[2], float(s_in[0]), int(z_in[0]))
     for c in range(3):
-        expect("CONV_2D")
-        layer = weighted("CONV_2D", ops[pos][1], Conv, f"op {pos} CONV_2D")
-        net.conv.append(layer)
-        pos = follow_tanh(pos + 1, layer)
+        net.conv.append(r.weighted("CONV_2D", Conv))
+        r.follow_tanh(net.conv[-1])
         if c >= 1:
-            expect("AVERAGE_POOL_2D")
-            o = ops[pos][1].builtinOptions
-            i_x, i_y = int(ops[pos][1].inputs[0]), int(ops[pos][1].outputs[0])
-            (s_x, z_x), (s_y, z_y) = qparams(i_x), qparams(i_y)
-            if (o.strideH, o.strideW) != (o.filterHeight, o.filterWidth) or o.padding != 1 \
-                    or not np.allclose(s_x, s_y, rtol=0, atol=0) or z_x[0] != z_y[0]:
-                raise UnsupportedModel(f"{path}: op {pos} AVERAGE_POOL_2D: only 'valid' pooling with stride = "
-                                       "window and unchanged quantization is supported")
-            lo, hi = _activation_range(o.fusedActivationFunction, float(s_y[0]), int(z_y[0]), f"op {pos}")
-            net.pool.append(Pool(o.filterHeight, o.filterWidth, lo, hi))
-            pos += 1
-    expect("RESHAPE")
-    pos += 1
+            net.pool.append(r.pool())
+    r.expect("RESHAPE")
+    r.pos += 1
     for d in range(2):
-        expect("FULLY_CONNECTED")
-        layer = weighted("FULLY_CONNECTED", ops[pos][1], Dense, f"op {pos} FULLY_CONNECTED")
-        net.dense.append(layer)
-        pos = follow_tanh(pos + 1, layer) if d == 0 else pos + 1
-    if pos != len(ops):
-        raise UnsupportedModel(f"{path}: op {pos} is {ops[pos][0]}, but the network should end at the last "
+        net.dense.append(r.weighted("FULLY_CONNECTED", Dense))
+        if d == 0:
+            r.follow_tanh(net.dense[-1])
+    if r.pos != len(r.ops):
+        raise UnsupportedModel(f"{path}: op {r.pos} is {r.ops[r.pos][0]}, but the network should end at the last "
                                f"FULLY_CONNECTED (int8 logits; probabilities are a float softmax of them)")
-    if int(graph.outputs[0]) != int(ops[-1][1].outputs[0]):
+    if int(r.graph.outputs[0]) != int(r.ops[-1][1].outputs[0]):
         raise UnsupportedModel(f"{path}: the graph output is not the last FULLY_CONNECTED's output")
     net.output_scale, net.output_zero_point = net.dense[-1].out_scale, net.dense[-1].out_zero_point
-    h1, w1 = net.pooled1
     h2, w2 = net.pooled2
     if net.dense[0].cin != h2 * w2 * net.conv[2].cout:
         raise UnsupportedModel(f"{path}: the first dense layer takes {net.dense[0].cin} inputs, the pooled map "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from lcasc import fused as fusing
-from lcasc import runtimes, saved_models, similarity
+from lcasc import fused_tradeoff, runtimes, saved_models, similarity
 from lcasc.export import fused_tflite
 from lcasc.io import read_json, write_json
 from lcasc.models import graph
@@ -66,7 +66,7 @@ def _feature_map_mse(run: Run, nets: dict, kept: dict, threshold: float) -> dict
 def _evaluate(run: Run, module, nets: dict, kept: dict, mse: dict, threshold: float) -> dict:
     """The float fused ensemble's entry, next to the unfused ensemble; ``fused.json`` with the trade-off."""
     te, va = run.split("test"), run.split("validate")
-    res = fusing.fuse_and_evaluate(nets, kept, None, te.X, te.y, va.X, va.y, FUSE_THRESHOLDS, threshold,
+    res = fused_tradeoff.fuse_and_evaluate(nets, kept, None, te.X, te.y, va.X, va.y, FUSE_THRESHOLDS, threshold,
                                    run.dir / "figures", mse=mse, fused=module)
     res.pop("module")
     probabilities = res.pop("probabilities")

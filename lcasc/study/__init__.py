@@ -118,7 +118,7 @@ def aggregate(results: list[dict], complexity_of: dict[str, dict]) -> list[dict]
 def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, max_epochs: int | None = None,
               patience: int | None = None, workers: int | None = None, ray_address: str | None = None,
               progress: bool = True, recipes=("paper",), augments=("none",)) -> list[dict]:
-    """The architecture study of the paper on ``run`` (a :class:`lcasc.pipeline.Run`).
+    """The architecture study of the paper on ``run`` (a :class:`lcasc.run.Run`).
 
     Trains ``len(kernels) x len(activations) x repeats`` networks of ``run.config.widths`` (seeds
     ``run.config.train.seed + repeat``), with ``max_epochs``/``patience`` overriding the run's training
@@ -128,8 +128,6 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
     logits of the run's kd recipe (``DIR/kd``, made by ``lcasc run --recipe kd``) with its λ and τ. Writes
     ``study/summary.json`` and the two figures; returns the per-variant rows of the summary.
     """
-    from lcasc import complexity
-
     kernels, activations = validate(kernels, activations, repeats)
     for name, value in (("max_epochs", max_epochs), ("patience", patience), ("workers", workers)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
@@ -142,24 +140,7 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
     base_spec = run.config.spec(len(run.classes))
 
     recipes, augments = _recipe_dimensions(run, recipes, augments)
-    jobs, complexity_of = [], {}
-    for k in kernels:
-        for act in activations:
-            spec = replace(base_spec, kernel_size=k, activations=act)
-            cx = complexity.of_spec(spec)
-            for recipe, kd in recipes.items():
-                for tag, aug in augments.items():
-                    name = variant_name(k, act) + ("" if recipe == "paper" else f"_{recipe}") + (
-                        "" if tag == "none" else f"_aug-{tag}")
-                    complexity_of[name] = {"params": cx.params, "macs": cx.macs}
-                    for r in range(repeats):
-                        seed = base.seed + r
-                        cfg = {key: v for key, v in asdict(replace(train, seed=seed)).items() if key in _TRAIN_KEYS}
-                        cfg.update(kd)
-                        if aug.active:  # only then: a paper job's settings stay those of older studies
-                            cfg["augment"] = aug.to_dict()
-                        jobs.append(Job(name, k, act, r, seed, spec.to_dict(), cfg,
-                                        str(study_dir / name / f"seed{seed}"), recipe))
+    jobs, complexity_of = _plan(base_spec, kernels, activations, repeats, train, recipes, augments, study_dir)
     todo = [job for job in jobs if _prepare(job)]
     where = f"Ray ({ray_address})" if ray_address else f"{min(workers, len(todo))} local processes"
     log.info("study: %d variants x %d repeats = %d jobs, %d already done%s", len(kernels) * len(activations),
@@ -167,27 +148,7 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
 
     t0 = time.perf_counter()
     if todo:
-        from tqdm.auto import tqdm
-
-        tr, va, te = (run.split(s) for s in SPLITS)
-        if len(te) == 0:
-            from lcasc.run import RunError
-
-            raise RunError("the test split has no usable segments to evaluate the study on")
-        arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y, te.shareable_X(), te.y,
-                  _study_teacher(run, recipes))
-        with tqdm(total=len(todo), desc="study", unit="net", disable=not progress) as bar:
-            def on_result(job: Job, result: dict) -> None:
-                write_json(job.result_path, {**result, **complexity_of[job.variant]})
-                bar.update()
-                log.info("study: %s seed %d: accuracy %.3f, log-loss %.3f (%d epochs, %.0f s)", job.variant,
-                         job.seed, result["accuracy"], result["log_loss"], result["epochs"], result["seconds"])
-
-            if ray_address:
-                _run_ray(todo, arrays, ray_address, ray_workers, on_result)
-            else:
-                study_dir.mkdir(parents=True, exist_ok=True)
-                _run_pool(todo, arrays, workers, study_dir, on_result)
+        _execute(run, todo, complexity_of, recipes, workers, ray_address, ray_workers, progress)
     elapsed = time.perf_counter() - t0
 
     results = [read_json(job.result_path) for job in jobs]
@@ -201,6 +162,58 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
     plot_kernels(rows, run.figure("study_kernels.png"))
     plot_activations(rows, run.figure("study_activations.png"))
     return rows
+
+
+def _plan(base_spec, kernels, activations, repeats: int, train, recipes: dict, augments: dict, study_dir: Path
+          ) -> tuple[list[Job], dict[str, dict]]:
+    """Every (variant, repeat) job of the study, and each variant's params and MACs."""
+    from lcasc import complexity
+
+    jobs, complexity_of = [], {}
+    for k in kernels:
+        for act in activations:
+            spec = replace(base_spec, kernel_size=k, activations=act)
+            cx = complexity.of_spec(spec)
+            for recipe, kd in recipes.items():
+                for tag, aug in augments.items():
+                    name = variant_name(k, act) + ("" if recipe == "paper" else f"_{recipe}") + (
+                        "" if tag == "none" else f"_aug-{tag}")
+                    complexity_of[name] = {"params": cx.params, "macs": cx.macs}
+                    for r in range(repeats):
+                        seed = train.seed + r
+                        cfg = {key: v for key, v in asdict(replace(train, seed=seed)).items() if key in _TRAIN_KEYS}
+                        cfg.update(kd)
+                        if aug.active:  # only then: a paper job's settings stay those of older studies
+                            cfg["augment"] = aug.to_dict()
+                        jobs.append(Job(name, k, act, r, seed, spec.to_dict(), cfg,
+                                        str(study_dir / name / f"seed{seed}"), recipe))
+    return jobs, complexity_of
+
+
+def _execute(run, todo: list[Job], complexity_of: dict, recipes: dict, workers: int, ray_address: str | None,
+             ray_workers: int | None, progress: bool) -> None:
+    """Run ``todo`` in local processes or as Ray tasks; each job's result goes to its ``job.json``."""
+    from tqdm.auto import tqdm
+
+    tr, va, te = (run.split(s) for s in SPLITS)
+    if len(te) == 0:
+        from lcasc.run import RunError
+
+        raise RunError("the test split has no usable segments to evaluate the study on")
+    arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y, te.shareable_X(), te.y,
+              _study_teacher(run, recipes))
+    with tqdm(total=len(todo), desc="study", unit="net", disable=not progress) as bar:
+        def on_result(job: Job, result: dict) -> None:
+            write_json(job.result_path, {**result, **complexity_of[job.variant]})
+            bar.update()
+            log.info("study: %s seed %d: accuracy %.3f, log-loss %.3f (%d epochs, %.0f s)", job.variant,
+                     job.seed, result["accuracy"], result["log_loss"], result["epochs"], result["seconds"])
+
+        if ray_address:
+            _run_ray(todo, arrays, ray_address, ray_workers, on_result)
+        else:
+            (run.dir / "study").mkdir(parents=True, exist_ok=True)
+            _run_pool(todo, arrays, workers, run.dir / "study", on_result)
 
 
 # -- recipe and augmentation dimensions ---------------------------------------------------------------------
