@@ -287,15 +287,18 @@ def test_cli_import_evaluate_and_predict(tmp_path, capsys):
     entry = json.loads(capsys.readouterr().out)
     assert entry["name"] == "unpruned" and entry["widths"] == "4-4-8-12" and 0 <= entry["accuracy"] <= 1
     assert main(["-q", "predict", "--run", str(out), "--format", "json", str(clip)]) == 0
-    probs = json.loads(capsys.readouterr().out)
-    first = probs[0] if isinstance(probs, list) else probs
-    bare_first = bare_probs[0] if isinstance(bare_probs, list) else bare_probs
-    assert first["scene"] == bare_first["scene"]  # same network, the class names follow it
+    (first,), (bare_first,) = json.loads(capsys.readouterr().out), bare_probs
+    assert first["scene_label"] == bare_first["scene_label"]  # same network, the class names follow it
+    for c in classes:
+        assert abs(first["probabilities"][c] - bare_first["probabilities"][c]) < TOL
 
     other = tmp_path / "other.tflite"
     mirror_file(network(net.spec, seed=7), other)
     assert main(["-q", "import", str(other), "--classes", ",".join(file_order), "--out", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["-q", "import", str(path), "--out", str(tmp_path / "x")]) == 2  # TAU22's 10 classes
-    assert "outputs, but 10 classes were given" in capsys.readouterr().err
-    assert list(TAU22_CLASSES)[0] == "airport"
+    assert main(["-q", "import", str(path), "--classes", "a,b,c", "--out", str(tmp_path / "x")]) == 2
+    assert "net.tflite: 10 outputs, but 3 classes were given" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    # the default class order is TAU22's: the file's ten outputs are named after its scenes
+    assert main(["-q", "import", str(path), "--out", str(tmp_path / "tau")]) == 0
+    assert json.loads((tmp_path / "tau" / "results.json").read_text())["classes"] == list(TAU22_CLASSES)
