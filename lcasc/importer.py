@@ -333,7 +333,7 @@ def import_network(path: str | os.PathLike, out: str | os.PathLike, classes: lis
     Refuses a directory that holds another run (a different file or settings).
     """
     from lcasc.data import load_dataset
-    from lcasc.io import read_json, write_json
+    from lcasc.io import read_json, write_json, write_yaml
     from lcasc.models.cnn import CNNClassifier
     from lcasc.run import Run, RunConfig, RunError
 
@@ -378,16 +378,26 @@ def import_network(path: str | os.PathLike, out: str | os.PathLike, classes: lis
     config = RunConfig(dataset=str(Path(dataset).expanduser().resolve()) if dataset else None, layout=layout,
                        validation=validation, widths=spec.widths, kernel_size=spec.kernel_size,
                        activations=spec.activations)
-    run = Run(out, config, progress=progress)  # refuses a directory with other settings
-    CNNClassifier(classes, net=net).save(run.model_dir(UNPRUNED))
+    if dataset is not None:
+        run_dir = Run(out, config, progress=progress).dir  # refuses a directory with other settings
+    else:  # no dataset to open a Run on (the default one's classes are not the network's): the config alone
+        import yaml
+
+        run_dir = out.resolve()
+        saved = run_dir / "config.yaml"
+        if saved.is_file() and RunConfig.from_dict(yaml.safe_load(saved.read_text())).to_dict() != config.to_dict():
+            raise RunError(f"{run_dir} holds a run with different settings; use another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(saved, config.to_dict())
+    CNNClassifier(classes, net=net).save(run_dir / "models" / UNPRUNED)
     record = {"file": path.name, "path": str(path), "sha256": sha, "format": "keras" if path.suffix.lower()
               in KERAS_SUFFIXES else "tflite", "network": UNPRUNED, "widths": spec.widths,
               "kernel_size": spec.kernel_size, "activations": spec.activations, "pool1": list(spec.pool1),
               "pool2": list(spec.pool2), **found.describe()}
-    res = read_json(run.results_path) or {}
+    res = read_json(run_dir / "results.json") or {}
     res.update(classes=classes, imported=record)
     res.setdefault("networks", [])
     res.setdefault("ensembles", [])
-    write_json(run.results_path, res)
-    log.info("import: %s (%s) -> %s", path.name, spec.widths, run.model_dir(UNPRUNED))
+    write_json(run_dir / "results.json", res)
+    log.info("import: %s (%s) -> %s", path.name, spec.widths, run_dir / "models" / UNPRUNED)
     return record

@@ -266,6 +266,7 @@ def test_cli_import_evaluate_and_predict(tmp_path, capsys):
     capsys.readouterr()
     assert main(["-q", "predict", "--run", str(bare), "--format", "json", str(clip)]) == 0
     bare_probs = json.loads(capsys.readouterr().out)
+    assert main(["-q", "import", str(path), "--classes", ",".join(file_order), "--out", str(bare)]) == 0  # again
     assert main(["-q", "evaluate", "--run", str(bare)]) == 2
     assert "import it again with --dataset" in capsys.readouterr().err
 
