@@ -5,6 +5,9 @@ from __future__ import annotations
 
 LAYOUTS = ("tau22", "folder", "csv")  # dataset layouts (lcasc.data)
 TAU22_PROTOCOLS = ("holdout", "evaluate")  # where a TAU22 run validates (lcasc.data.datasets)
+# TAU Urban Acoustic Scenes 2022 Mobile's scenes in the order its networks (the paper's among them) output them
+TAU22_CLASSES = ("airport", "bus", "metro", "metro_station", "park", "public_square", "shopping_mall",
+                 "street_pedestrian", "street_traffic", "tram")
 RECIPES = ("paper", "kd")  # training recipes (lcasc.recipes)
 # The stages of ``lcasc run`` in order (lcasc.stages); the first three always run.
 STAGES = ("features", "train", "evaluate", "prune", "quantize", "ensemble", "similarity", "fuse", "baselines")

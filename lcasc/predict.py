@@ -49,7 +49,7 @@ import yaml
 from lcasc import audio
 from lcasc.logmel import FeatureParams, logmel
 from lcasc.names import BACKENDS, FORMATS
-from lcasc.registry import PredictError, read_results, resolve
+from lcasc.registry import PredictError, network_entries, read_results, resolve
 from lcasc.workers import cpu_count
 
 log = logging.getLogger("lcasc")
@@ -98,7 +98,7 @@ def _front_end(config_path: Path) -> tuple[FeatureParams, float | None]:
 def _chosen_name(run_dir: Path, results: dict, model: str | None, ensemble: str | None) -> str:
     """The results.json name of what was asked: ``ensemble`` (an ensemble), ``model`` (a network or a
     baseline, or any ensemble name), or by default the float CNN with the lowest validation log-loss."""
-    nets = {n["name"]: n for n in results["networks"]}
+    nets = network_entries(results)
     ensembles = [e["name"] for e in results.get("ensembles", [])]
     if ensemble is not None:
         if ensemble not in ensembles:

@@ -65,7 +65,7 @@ def resolve(run_dir: str | Path, name: str, backend: str = "auto", results: dict
     if backend not in BACKENDS:
         raise PredictError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     classes = list(results.get("classes") or [])
-    nets = {e["name"]: e for e in results["networks"]}
+    nets = network_entries(results)
     ensembles = {e["name"]: e for e in results.get("ensembles", [])}
     if name in nets:
         entry = nets[name]
@@ -85,6 +85,16 @@ def resolve(run_dir: str | Path, name: str, backend: str = "auto", results: dict
     members = list(entry["members"])
     return Runnable(name, EnsembleClassifier([b.classifier for b in built], members),
                     "+".join(dict.fromkeys(b.backend for b in built)), members)
+
+
+def network_entries(results: dict) -> dict[str, dict]:
+    """results.json's networks by name; a network ``lcasc import`` brought in counts (as a float CNN) before
+    its evaluation records it."""
+    nets = {e["name"]: e for e in results["networks"]}
+    imported = (results.get("imported") or {}).get("network")
+    if imported and imported not in nets:
+        nets[imported] = {"name": imported, "kind": "cnn", "precision": "float32", "imported": True}
+    return nets
 
 
 def _baseline(run_dir: Path, entry: dict, classes: list[str], backend: str) -> Runnable:

@@ -118,6 +118,12 @@ class Run:
         self.config, self.progress = config, progress
         # Read the dataset's metadata first: a bad dataset must not leave a run directory behind.
         self._dataset: Dataset = load_dataset(config.dataset, config.layout, config.validation)
+        imported = read_json(self.dir / "results.json")
+        if imported and imported.get("imported") and imported.get("classes") != self._dataset.classes:
+            # `lcasc import` without --dataset: the network's classes are not the (default) dataset's
+            raise RunError(f"{self.dir}: the imported network's classes ({', '.join(imported['classes'])}) are not "
+                           f"the dataset's ({', '.join(self._dataset.classes)}); import it again with --dataset "
+                           "PATH into another --out")
         self._features: FeatureSet | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
         _log_to(self.dir / "lcasc.log")

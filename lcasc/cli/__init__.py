@@ -14,8 +14,8 @@ from lcasc.cli.options import Formatter
 
 # Every command, in the order of ``lcasc --help``.
 COMMANDS = (stages.add_run, stages.add_features, stages.add_train_evaluate_report, stages.add_prune,
-            stages.add_quantize, tools.add_export, tools.add_study, stages.add_similarity, stages.add_fuse,
-            stages.add_ensemble, tools.add_predict, stages.add_baselines, tools.add_complexity)
+            stages.add_quantize, tools.add_import, tools.add_export, tools.add_study, stages.add_similarity,
+            stages.add_fuse, stages.add_ensemble, tools.add_predict, stages.add_baselines, tools.add_complexity)
 
 
 def build_parser() -> argparse.ArgumentParser:

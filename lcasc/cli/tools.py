@@ -1,4 +1,5 @@
-"""The commands beside the pipeline: ``export`` (C library), ``study``, ``predict`` and ``complexity``."""
+"""The commands beside the pipeline: ``import`` (float TFLite / Keras networks), ``export`` (C library),
+``study``, ``predict`` and ``complexity``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,46 @@ import sys
 
 from lcasc import names
 from lcasc.cli.options import Formatter, existing_run
+
+
+def add_import(sub) -> None:
+    """`lcasc import`"""
+    p = sub.add_parser("import", formatter_class=Formatter, help="a float TFLite or Keras network as a run directory",
+                       description="Read a float32 .tflite (or Keras .h5/.keras) network of the paper's family -- "
+                                   "C1 -> C2 -> avg-pool -> C3 -> avg-pool -> flatten -> dense -> dense, any widths, "
+                                   "odd k x k kernels, tanh/ReLU, BatchNorm folded or not, optional final softmax "
+                                   "-- such as the networks the paper's authors published, into a run directory "
+                                   "whose unpruned network it is. `lcasc evaluate`, `prune`, `quantize`, "
+                                   "`ensemble`, `export` and `predict` then take it like a trained one (with "
+                                   "--dataset: its class set must be the file's; the outputs are reordered to "
+                                   "the dataset's class order). A file that is not of the family is refused "
+                                   "with the op that does not fit.")
+    p.add_argument("file", metavar="FILE", help="float .tflite, .h5 or .keras file")
+    p.add_argument("--classes", default=",".join(names.TAU22_CLASSES), metavar="A,B,...",
+                   help="the file's output classes in order, comma-separated (TAU22's by default)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
+    p.add_argument("--dataset", metavar="PATH", help="the run's dataset (needed to evaluate, prune, quantize); "
+                                                     "default: none, only predict works")
+    p.add_argument("--layout", choices=names.LAYOUTS, help="dataset layout; detected when omitted")
+    p.add_argument("--validation", choices=names.TAU22_PROTOCOLS, default="holdout",
+                   help="TAU22 protocol (as `lcasc run --validation`)")
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args) -> int:
+    from lcasc.importer import import_network
+
+    if (args.layout or args.validation != "holdout") and not args.dataset:
+        print("lcasc: error: --layout and --validation describe a --dataset; give one", file=sys.stderr)
+        return 2
+    record = import_network(args.file, args.out, [c.strip() for c in args.classes.split(",")], args.dataset,
+                            args.layout, args.validation, progress=not args.quiet)
+    print(f"imported {record['file']} ({record['widths']}, kernel {record['kernel_size']}, activations "
+          f"{record['activations']}, BatchNorm {record['batchnorm']}, {record['flatten']} flatten"
+          f"{', softmax dropped: the network outputs logits' if record['softmax'] else ''}) into {args.out}")
+    nxt = f"lcasc evaluate --run {args.out}" if args.dataset else f"lcasc predict --run {args.out} AUDIO"
+    print(f"next: {nxt}")
+    return 0
 
 
 def add_export(sub) -> None:
