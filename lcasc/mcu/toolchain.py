@@ -74,41 +74,34 @@ def _run_demo(bundle: Path, *args: str) -> None:
         raise BuildError(f"lcasc_demo {' '.join(args)} failed: {out.stderr.strip()}")
 
 
+def _demo_io(bundle, option: list[str], data: np.ndarray, in_dtype, out_dtype, out_shape: tuple) -> np.ndarray:
+    """Run ``lcasc_demo OPTION IN OUT`` on ``data`` written as raw ``in_dtype``; its raw ``out_dtype`` output."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
+        np.ascontiguousarray(data, in_dtype).tofile(src)
+        _run_demo(Path(bundle), *option, str(src), str(dst))
+        return np.fromfile(dst, out_dtype).reshape(out_shape)
+
+
 def host_logits(bundle: str | os.PathLike, member: int, inputs: np.ndarray, n_classes: int) -> np.ndarray:
     """(N, 40, 51) int8 network inputs -> (N, n_classes) int8 logits of bundle member ``member`` (host build)."""
-    bundle = Path(bundle)
-    with tempfile.TemporaryDirectory() as tmp:
-        np.ascontiguousarray(inputs, np.int8).tofile(Path(tmp) / "in.i8")
-        _run_demo(bundle, "--logits", str(member), str(Path(tmp) / "in.i8"), str(Path(tmp) / "out.i8"))
-        return np.fromfile(Path(tmp) / "out.i8", np.int8).reshape(len(inputs), n_classes)
+    return _demo_io(bundle, ["--logits", str(member)], inputs, np.int8, np.int8, (len(inputs), n_classes))
 
 
 def host_logmel(bundle: str | os.PathLike, pcm: np.ndarray) -> np.ndarray:
     """(N, 44100) int16 PCM -> (N, 40, 51) float32 log-mel of the bundle's C front end (host build)."""
-    bundle = Path(bundle)
-    with tempfile.TemporaryDirectory() as tmp:
-        np.ascontiguousarray(pcm, np.int16).tofile(Path(tmp) / "in.s16")
-        _run_demo(bundle, "--logmel", str(Path(tmp) / "in.s16"), str(Path(tmp) / "out.f32"))
-        return np.fromfile(Path(tmp) / "out.f32", np.float32).reshape(len(pcm), 40, 51)
+    return _demo_io(bundle, ["--logmel"], pcm, np.int16, np.float32, (len(pcm), 40, 51))
 
 
 def host_pcm_logits(bundle: str | os.PathLike, member: int, pcm: np.ndarray, n_classes: int) -> np.ndarray:
     """(N, 44100) int16 PCM -> (N, n_classes) int8 logits: C front end, C quantization, member ``member``."""
-    bundle = Path(bundle)
-    with tempfile.TemporaryDirectory() as tmp:
-        np.ascontiguousarray(pcm, np.int16).tofile(Path(tmp) / "in.s16")
-        _run_demo(bundle, "--pcm-logits", str(member), str(Path(tmp) / "in.s16"), str(Path(tmp) / "out.i8"))
-        return np.fromfile(Path(tmp) / "out.i8", np.int8).reshape(len(pcm), n_classes)
+    return _demo_io(bundle, ["--pcm-logits", str(member)], pcm, np.int16, np.int8, (len(pcm), n_classes))
 
 
 def host_probabilities(bundle: str | os.PathLike, X: np.ndarray, n_classes: int) -> np.ndarray:
     """(N, 40, 51) float log-mel -> (N, n_classes) float32 probabilities of the bundle (members averaged),
     through ``lcasc_classify_logmel`` (C quantization, int8 network, float softmax)."""
-    bundle = Path(bundle)
-    with tempfile.TemporaryDirectory() as tmp:
-        np.ascontiguousarray(X, np.float32).tofile(Path(tmp) / "in.f32")
-        _run_demo(bundle, "--probs", str(Path(tmp) / "in.f32"), str(Path(tmp) / "out.f32"))
-        return np.fromfile(Path(tmp) / "out.f32", np.float32).reshape(len(X), n_classes)
+    return _demo_io(bundle, ["--probs"], X, np.float32, np.float32, (len(X), n_classes))
 
 
 def build_m4(bundle: str | os.PathLike, dsp: bool = True) -> Path:
