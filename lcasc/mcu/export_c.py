@@ -6,7 +6,7 @@ What it writes (one folder, written under a temporary name and renamed into plac
   kernels, strip-wise), ``lcasc_frontend.[ch]`` (log-mel in float32 with a portable 2048-point real FFT or
   CMSIS-DSP's ``arm_rfft_fast_f32`` with ``-DLCASC_USE_CMSIS_DSP``) - copied from ``lcasc/mcu/c``;
 - ``lcasc_model.[ch]`` (generated): each member's int8 weights, folded int32 biases, Q31 multipliers and
-  shifts, tanh tables, as ``const`` arrays, from its ``model_int8.tflite`` (:mod:`lcasc.mcu.tflite_graph`);
+  shifts, output tables (clamp and tanh), as ``const`` arrays, from its ``model_int8.tflite`` (:mod:`lcasc.mcu.tflite_graph`);
 - ``lcasc_tables.c`` (generated): Hamming window, FFT twiddles and the sparse Slaney mel filterbank;
 - ``Makefile``, ``examples/lcasc_demo.c`` (classifies the first second of a WAV file), ``cortex-m4/``
   (start-up code, linker script and harness for ``qemu-system-arm -M mps2-an386``), ``README.md``.
@@ -65,22 +65,46 @@ def net_work_bytes(net: Network) -> int:
             + a4((W + 2 * q2) * c1.cout) + a4(max(W * c2.cout, w1 * c3.cout)) + 4 * max(w1 * c2.cout, w2 * c3.cout)
             + a4(h1 * (w1 + 2 * q3) * c2.cout) + a4((w1 + 2 * q3) * c2.cout) + a4(h2 * w2 * c3.cout)
             + a4(net.dense[0].cout)
-            + a4(3 * max(layer.k * layer.k * layer.cin for layer in [*net.conv, *net.dense])))
+            + 4 * max(layer.k * span4(layer) for layer in [*net.conv, *net.dense]))
+
+
+def span4(layer) -> int:
+    """A window row's k * cin inputs rounded up to a multiple of 4: the weights' row length in C."""
+    return (layer.k * layer.cin + 3) // 4 * 4
+
+
+def padded_weights(layer) -> np.ndarray:
+    """(cout, k, span4) int8: each window row's weights followed by zeros up to a multiple of 4, so that the
+    Cortex-M4 kernels read whole groups of four (the extra inputs they read meet zero weights; the portable C
+    reads only the span). Zero weights change no sum, and the folded bias sums the real weights only."""
+    w = layer.w.reshape(layer.cout, layer.k, layer.k * layer.cin)
+    return np.pad(w, ((0, 0), (0, 0), (0, span4(layer) - w.shape[2])))
 
 
 def _layer_c(prefix: str, layer) -> tuple[str, str]:
     """(const arrays, struct initializer) of one conv/dense layer."""
-    arrays = _c_array("static const int8_t", f"{prefix}_w", layer.w.reshape(-1), 32)
+    arrays = _c_array("static const int8_t", f"{prefix}_w", padded_weights(layer).reshape(-1), 32)
     arrays += _c_array("static const int32_t", f"{prefix}_bias", layer.folded_bias(), 8)
     arrays += _c_array("static const int32_t", f"{prefix}_mult", layer.multiplier, 8)
     arrays += _c_array("static const int8_t", f"{prefix}_shift", layer.shift, 16)
-    tanh = "NULL"
-    if layer.tanh is not None:
-        arrays += _c_array("static const int8_t", f"{prefix}_tanh", layer.tanh, 16)
-        tanh = f"{prefix}_tanh"
+    table, table_name = output_table(layer), "NULL"
+    if table is not None:
+        table_name = f"{prefix}_table"
+        arrays += _c_array("static const int8_t", table_name, table, 16)
     init = (f"{{{layer.k}, {layer.cin}, {layer.cout}, {prefix}_w, {prefix}_bias, {prefix}_mult, {prefix}_shift, "
-            f"{layer.output_offset}, {layer.act_min}, {layer.act_max}, {-layer.input_offset}, {tanh}}}")
+            f"{layer.output_offset}, {-layer.input_offset}, {table_name}}}")
     return arrays, init
+
+
+def output_table(layer) -> np.ndarray | None:
+    """The layer's 256-entry output table (index q & 0xFF of the requantized output q saturated to int8): its
+    fused activation's clamp to [act_min, act_max] followed by the TANH op's table, so that the C kernels
+    saturate and look up, with no compare; None when the clamp is the int8 range and no TANH follows."""
+    q = np.arange(256).astype(np.uint8).view(np.int8)  # entry i is for q = int8(i)
+    clamped = np.clip(q, layer.act_min, layer.act_max)
+    if layer.tanh is None:
+        return None if (layer.act_min, layer.act_max) == (-128, 127) else clamped
+    return layer.tanh[clamped.view(np.uint8)]
 
 
 def model_sources(members: list[Member], classes: list[str], title: str) -> tuple[str, str]:

@@ -17,11 +17,11 @@
  * shift; the divide by 2^right rounding halves away from zero is floor((v + 2^(right-1) - [v < 0]) / 2^right).
  * Same bits as the reference, fewer instructions (a multiply-accumulate and two shifts). */
 
-static inline int32_t requantize(int32_t acc, int32_t mult, int left, int right)
+static inline int32_t requantize(int32_t acc, int32_t mult, int shift)
 {
-    const int64_t p = (int64_t)(int32_t)((uint32_t)acc << left) * mult + ((int64_t)1 << 30);
-    int32_t v = (int32_t)(p >> 31);
-    if (right > 0) v = (v + (int32_t)(1u << (right - 1)) - (v < 0)) >> right;
+    const int32_t x = shift > 0 ? (int32_t)((uint32_t)acc << shift) : acc;
+    int32_t v = (int32_t)(((int64_t)x * mult + ((int64_t)1 << 30)) >> 31);
+    if (shift < 0) v = (v + (int32_t)(1u << (-shift - 1)) - (v < 0)) >> -shift;
     return v;
 }
 
@@ -59,118 +59,130 @@ static inline int32_t dot_s8(const int8_t *a, const int8_t *b, int n, int32_t ac
 }
 #endif
 
-/* Requantize, add the output zero point, clamp to the fused activation's range, apply the TANH table. */
+/* int8 saturation (SSAT on the Cortex-M4) */
+static inline int32_t saturate_int8(int32_t v)
+{
+#if LCASC_DSP
+    int32_t r;
+    __asm__("ssat %0, #8, %1" : "=r"(r) : "r"(v));
+    return r;
+#else
+    return v < -128 ? -128 : v > 127 ? 127 : v;
+#endif
+}
+
+/* Requantize, add the output zero point, saturate to int8, apply the layer's table (its fused activation's
+ * clamp and the TANH op after it, lcasc_nn.h). */
 typedef struct {
     const int32_t *mult;
-    const int8_t *shift, *tanh;
-    int32_t offset, lo, hi;
+    const int8_t *shift, *table;
+    int32_t offset;
 } finish_t;
 
 static inline int8_t finish(const finish_t *F, int co, int32_t acc)
 {
-    const int shift = F->shift[co];
-    int32_t v = requantize(acc, F->mult[co], shift > 0 ? shift : 0, shift > 0 ? 0 : -shift) + F->offset;
-    v = v < F->lo ? F->lo : v > F->hi ? F->hi : v;
-    return F->tanh ? F->tanh[(uint8_t)(int8_t)v] : (int8_t)v;
+    const int32_t v = saturate_int8(requantize(acc, F->mult[co], F->shift[co]) + F->offset);
+    return F->table ? F->table[(uint8_t)v] : (int8_t)v;
 }
+
+/* Weights are [cout][k][span4] (lcasc_nn.h): each window row of span = k * cin inputs is padded with zero
+ * weights to span4 = span rounded up to a multiple of 4, so that every row piece is whole groups of four. */
+static inline int span4_of(const lcasc_layer_t *L) { return (L->k * L->cin + 3) & ~3; }
 
 #if LCASC_DSP
-/* The window of one output pixel (k rows of k * cin int8) widened to int16 in SXTB16 order: each group of
- * four inputs x0 x1 x2 x3 is stored x0 x2 x1 x3, so that SMLAD pairs them with SXTB16(w) = (w0, w2) and
- * SXTB16(w ror 8) = (w1, w3) of the int8 weights as they are; a tail of n % 4 stays in plain order. */
-static void widen_window(const int8_t *const *rows, int offset, int k, int span, int16_t *col, int8_t *bytes)
+/* The windows of two output pixels (k row pieces of span4 int8 each, at offsets a and b of the rows; a
+ * piece's last group may reach up to 3 bytes past the span, which meet zero weights), widened to int16 and
+ * interleaved a group of four at a time: a0 a2 a1 a3 b0 b2 b1 b3, the SXTB16 order in which SMLAD pairs
+ * them with SXTB16(w) = (w0, w2) and SXTB16(w ror 8) = (w1, w3) of the int8 weights as they are. */
+static inline void widen_windows(const int8_t *const *rows, int a, int b, int k, int span4, uint32_t *dst)
 {
-    const int n = k * span, n4 = n & ~3;
-    uint32_t *dst = (uint32_t *)col;
-    if ((span & 3) == 0) { /* whole groups in every row piece: widen them where they are */
-        for (int ky = 0; ky < k; ++ky) {
-            const int8_t *src = rows[ky] + offset;
-            for (int j = 0; j < span; j += 4) {
-                const uint32_t v = load_u32(src + j);
-                *dst++ = sxtb16(v);
-                *dst++ = sxtb16_ror8(v);
-            }
+    for (int ky = 0; ky < k; ++ky) {
+        const int8_t *pa = rows[ky] + a, *pb = rows[ky] + b;
+        for (int j = 0; j < span4; j += 4, dst += 4) {
+            const uint32_t va = load_u32(pa + j), vb = load_u32(pb + j);
+            dst[0] = sxtb16(va);
+            dst[1] = sxtb16_ror8(va);
+            dst[2] = sxtb16(vb);
+            dst[3] = sxtb16_ror8(vb);
         }
-        return;
     }
-    /* otherwise gather the k row pieces into one contiguous window first (weights are [ky][kx][ci] too) */
-    for (int ky = 0; ky < k; ++ky) memcpy(bytes + ky * span, rows[ky] + offset, (size_t)span);
-    const int8_t *src = bytes;
-    for (int i = 0; i < n4; i += 4) { /* SXTB16 does the reordering, a word at a time */
-        const uint32_t v = load_u32(src + i);
-        *dst++ = sxtb16(v);
-        *dst++ = sxtb16_ror8(v);
-    }
-    for (int i = n4; i < n; ++i) col[i] = src[i];
 }
 
-/* Two output channels' dot products over a widened window: the input words are loaded once for both. */
-static inline __attribute__((always_inline)) void dot2_q15(const int8_t *w0, const int8_t *w1, const int16_t *col, int n, int32_t *a0, int32_t *a1)
+/* Dot products of two output channels' weights (w0, w1: int8) with two interleaved widened windows x: acc
+ * gets w0.a, w1.a, w0.b, w1.b. Each loaded weight word serves two pixels, each input word two channels:
+ * 16 MACs per 4 input and 2 weight loads, 4 SXTB16 and 8 SMLAD. */
+static inline __attribute__((always_inline)) void dot_2x2(const int8_t *w0, const int8_t *w1, const uint32_t *x,
+                                                         int groups, int32_t *acc)
 {
-    int32_t s0 = *a0, s1 = *a1;
-    int i = 0;
-    for (; i + 8 <= n; i += 8) { /* two groups per iteration: less loop overhead per MAC */
-        uint32_t xa, xb, xc, xd;
-        memcpy(&xa, col + i, 4);
-        memcpy(&xb, col + i + 2, 4);
-        memcpy(&xc, col + i + 4, 4);
-        memcpy(&xd, col + i + 6, 4);
-        const uint32_t wa = load_u32(w0 + i), wb = load_u32(w1 + i);
-        const uint32_t wc = load_u32(w0 + i + 4), wd = load_u32(w1 + i + 4);
-        s0 = smlad(sxtb16(wa), xa, s0);
-        s1 = smlad(sxtb16(wb), xa, s1);
-        s0 = smlad(sxtb16_ror8(wa), xb, s0);
-        s1 = smlad(sxtb16_ror8(wb), xb, s1);
-        s0 = smlad(sxtb16(wc), xc, s0);
-        s1 = smlad(sxtb16(wd), xc, s1);
-        s0 = smlad(sxtb16_ror8(wc), xd, s0);
-        s1 = smlad(sxtb16_ror8(wd), xd, s1);
+    int32_t s00 = acc[0], s10 = acc[1], s01 = acc[2], s11 = acc[3];
+    for (const uint32_t *end = x + 4 * groups; x < end; x += 4, w0 += 4, w1 += 4) {
+        const uint32_t a0 = x[0], a1 = x[1], b0 = x[2], b1 = x[3];
+        const uint32_t u = load_u32(w0), v = load_u32(w1);
+        uint32_t t = sxtb16(u);
+        s00 = smlad(t, a0, s00);
+        s01 = smlad(t, b0, s01);
+        t = sxtb16(v);
+        s10 = smlad(t, a0, s10);
+        s11 = smlad(t, b0, s11);
+        t = sxtb16_ror8(u);
+        s00 = smlad(t, a1, s00);
+        s01 = smlad(t, b1, s01);
+        t = sxtb16_ror8(v);
+        s10 = smlad(t, a1, s10);
+        s11 = smlad(t, b1, s11);
     }
-    for (; i + 4 <= n; i += 4) {
-        uint32_t xa, xb;
-        memcpy(&xa, col + i, 4);
-        memcpy(&xb, col + i + 2, 4);
-        const uint32_t wa = load_u32(w0 + i), wb = load_u32(w1 + i);
-        s0 = smlad(sxtb16(wa), xa, s0);
-        s1 = smlad(sxtb16(wb), xa, s1);
-        s0 = smlad(sxtb16_ror8(wa), xb, s0);
-        s1 = smlad(sxtb16_ror8(wb), xb, s1);
+    acc[0] = s00, acc[1] = s10, acc[2] = s01, acc[3] = s11;
+}
+
+/* One output channel, two pixels (the last channel of an odd count): acc gets w.a, w.b. */
+static inline __attribute__((always_inline)) void dot_1x2(const int8_t *w, const uint32_t *x, int groups, int32_t *acc)
+{
+    int32_t s0 = acc[0], s1 = acc[1];
+    for (const uint32_t *end = x + 4 * groups; x < end; x += 4, w += 4) {
+        const uint32_t u = load_u32(w);
+        const uint32_t lo = sxtb16(u), hi = sxtb16_ror8(u);
+        s0 = smlad(lo, x[0], s0);
+        s1 = smlad(lo, x[2], s1);
+        s0 = smlad(hi, x[1], s0);
+        s1 = smlad(hi, x[3], s1);
     }
-    for (; i < n; ++i) {
-        s0 += (int32_t)w0[i] * col[i];
-        s1 += (int32_t)w1[i] * col[i];
-    }
-    *a0 = s0;
-    *a1 = s1;
+    acc[0] = s0, acc[1] = s1;
 }
 #endif
 
 /* One output row (out_w pixels x cout) of layer L; rows[ky] points at padded input row ky (the first
- * input pixel of the window of output pixel 0). col: scratch of 3 * k * k * cin bytes (DSP build). */
+ * input pixel of the window of output pixel 0). col: scratch of 2 * k * span4 int16 (DSP build), 4-byte aligned. */
 static void conv_row(const lcasc_layer_t *L, const int8_t *const *rows, int out_w, int8_t *restrict out,
                      int16_t *restrict col)
 {
-    const int k = L->k, cin = L->cin, cout = L->cout, span = k * cin;
+    const int k = L->k, cin = L->cin, cout = L->cout, span = k * cin, span4 = span4_of(L), n4 = k * span4;
     const int32_t *const bias = L->bias;
     const int8_t *const weights = L->w;
-    const finish_t F = {L->mult, L->shift, L->tanh, L->out_offset, L->act_min, L->act_max};
+    const finish_t F = {L->mult, L->shift, L->table, L->out_offset};
 #if LCASC_DSP
-    const int n = k * span;
-    for (int x = 0; x < out_w; ++x) {
-        widen_window(rows, x * cin, k, span, col, (int8_t *)(col + n));
+    (void)span;
+    uint32_t *const xs = (uint32_t *)col;
+    for (int x = 0; x < out_w; x += 2) { /* two pixels at a time (the second repeats the first at an odd end) */
+        const int two = x + 1 < out_w;
+        widen_windows(rows, x * cin, (x + two) * cin, k, span4, xs);
+        int8_t *const outb = out + (two ? cout : 0);
+        const int8_t *w = weights;
         int co = 0;
-        for (; co + 2 <= cout; co += 2) {
-            int32_t a0 = bias[co], a1 = bias[co + 1];
-            dot2_q15(weights + (size_t)co * n, weights + (size_t)(co + 1) * n, col, n, &a0, &a1);
-            out[co] = finish(&F, co, a0);
-            out[co + 1] = finish(&F, co + 1, a1);
+        for (; co + 2 <= cout; co += 2, w += 2 * n4) {
+            int32_t acc[4] = {bias[co], bias[co + 1], bias[co], bias[co + 1]};
+            dot_2x2(w, w + n4, xs, n4 / 4, acc);
+            out[co] = finish(&F, co, acc[0]);
+            out[co + 1] = finish(&F, co + 1, acc[1]);
+            outb[co] = finish(&F, co, acc[2]);
+            outb[co + 1] = finish(&F, co + 1, acc[3]);
         }
         if (co < cout) {
-            int32_t a0 = bias[co], a1 = 0;
-            dot2_q15(weights + (size_t)co * n, weights + (size_t)co * n, col, n, &a0, &a1);
-            out[co] = finish(&F, co, a0);
+            int32_t acc[2] = {bias[co], bias[co]};
+            dot_1x2(w, xs, n4 / 4, acc);
+            out[co] = finish(&F, co, acc[0]);
+            outb[co] = finish(&F, co, acc[1]);
         }
-        out += cout;
+        out += (1 + two) * cout;
     }
 #else
     (void)col;
@@ -178,7 +190,7 @@ static void conv_row(const lcasc_layer_t *L, const int8_t *const *rows, int out_
         const int8_t *w = weights;
         for (int co = 0; co < cout; ++co) {
             int32_t acc = bias[co];
-            for (int ky = 0; ky < k; ++ky, w += span) acc = dot_s8(w, rows[ky] + x * cin, span, acc);
+            for (int ky = 0; ky < k; ++ky, w += span4) acc = dot_s8(w, rows[ky] + x * cin, span, acc);
             out[co] = finish(&F, co, acc);
         }
         out += cout;
@@ -243,10 +255,10 @@ static layout_t layout(const lcasc_net_t *net)
     size_t window = 0;
     for (int i = 0; i < 5; ++i) {
         const lcasc_layer_t *l = i < 3 ? &net->conv[i] : &net->dense[i - 3];
-        const size_t n = (size_t)l->k * l->k * l->cin;
-        if (n > window) window = n;
+        const size_t n4 = (size_t)l->k * span4_of(l);
+        if (n4 > window) window = n4;
     }
-    L.col = at; at += align4(3 * window); /* DSP build: the window gathered (int8) and widened (int16) */
+    L.col = at; at += 2 * window * sizeof(int16_t); /* DSP build: two pixels' windows, widened */
     L.total = at;
     return L;
 }

@@ -20,14 +20,16 @@ extern "C" {
 /* A k x k 'same' convolution of stride 1 (or, with k = 1 and one pixel, a fully connected layer). */
 typedef struct {
     int16_t k, cin, cout;
-    const int8_t *w;        /* [cout][k][k][cin] */
+    const int8_t *w;        /* [cout][k][span4]: row ky's k * cin weights (kx, ci), zeros up to span4, the
+                               next multiple of 4 */
     const int32_t *bias;    /* bias + input_offset * sum(w): padding holds the input zero point */
     const int32_t *mult;    /* per output channel, Q31 */
     const int8_t *shift;    /* per output channel, > 0: left shift */
     int32_t out_offset;     /* output zero point */
-    int32_t act_min, act_max;
     int8_t pad_value;       /* input zero point */
-    const int8_t *tanh;     /* 256-entry table of the TANH op after the layer (index q & 0xFF), or NULL */
+    const int8_t *table;    /* 256 int8 (index q & 0xFF) applied to the requantized, saturated output q: the
+                               fused activation's clamp composed with the TANH op after the layer, or NULL
+                               when neither changes anything */
 } lcasc_layer_t;
 
 typedef struct {
