@@ -20,7 +20,14 @@
 static inline int32_t requantize(int32_t acc, int32_t mult, int shift)
 {
     const int32_t x = shift > 0 ? (int32_t)((uint32_t)acc << shift) : acc;
+#if LCASC_DSP /* the same, forced into one SMLAL on 2^30 and two shifts */
+    uint32_t lo = 1u << 30;
+    int32_t hi = 0;
+    __asm__("smlal %0, %1, %2, %3" : "+r"(lo), "+r"(hi) : "r"(x), "r"(mult));
+    int32_t v = (int32_t)(((uint32_t)hi << 1) | (lo >> 31));
+#else
     int32_t v = (int32_t)(((int64_t)x * mult + ((int64_t)1 << 30)) >> 31);
+#endif
     if (shift < 0) v = (v + (int32_t)(1u << (-shift - 1)) - (v < 0)) >> -shift;
     return v;
 }
@@ -79,11 +86,13 @@ typedef struct {
     int32_t offset;
 } finish_t;
 
-static inline int8_t finish(const finish_t *F, int co, int32_t acc)
+static inline int8_t finish_with(const finish_t *F, int32_t mult, int shift, int32_t acc)
 {
-    const int32_t v = saturate_int8(requantize(acc, F->mult[co], F->shift[co]) + F->offset);
+    const int32_t v = saturate_int8(requantize(acc, mult, shift) + F->offset);
     return F->table ? F->table[(uint8_t)v] : (int8_t)v;
 }
+
+static inline int8_t finish(const finish_t *F, int co, int32_t acc) { return finish_with(F, F->mult[co], F->shift[co], acc); }
 
 /* Weights are [cout][k][span4] (lcasc_nn.h): each window row of span = k * cin inputs is padded with zero
  * weights to span4 = span rounded up to a multiple of 4, so that every row piece is whole groups of four. */
@@ -111,28 +120,31 @@ static inline void widen_windows(const int8_t *const *rows, int a, int b, int k,
 /* Dot products of two output channels' weights (w0, w1: int8) with two interleaved widened windows x: acc
  * gets w0.a, w1.a, w0.b, w1.b. Each loaded weight word serves two pixels, each input word two channels:
  * 16 MACs per 4 input and 2 weight loads, 4 SXTB16 and 8 SMLAD. */
+#define DOT_2X2_GROUP(x, u, v)                                                                           \
+    do {                                                                                                 \
+        const uint32_t a0 = (x)[0], a1 = (x)[1], b0 = (x)[2], b1 = (x)[3];                              \
+        uint32_t t = sxtb16(u);                                                                          \
+        s00 = smlad(t, a0, s00);                                                                         \
+        s01 = smlad(t, b0, s01);                                                                         \
+        t = sxtb16(v);                                                                                   \
+        s10 = smlad(t, a0, s10);                                                                         \
+        s11 = smlad(t, b0, s11);                                                                         \
+        t = sxtb16_ror8(u);                                                                              \
+        s00 = smlad(t, a1, s00);                                                                         \
+        s01 = smlad(t, b1, s01);                                                                         \
+        t = sxtb16_ror8(v);                                                                              \
+        s10 = smlad(t, a1, s10);                                                                         \
+        s11 = smlad(t, b1, s11);                                                                         \
+    } while (0)
+
 static inline __attribute__((always_inline)) void dot_2x2(const int8_t *w0, const int8_t *w1, const uint32_t *x,
                                                          int groups, int32_t *acc)
 {
     int32_t s00 = acc[0], s10 = acc[1], s01 = acc[2], s11 = acc[3];
-    for (const uint32_t *end = x + 4 * groups; x < end; x += 4, w0 += 4, w1 += 4) {
-        const uint32_t a0 = x[0], a1 = x[1], b0 = x[2], b1 = x[3];
-        const uint32_t u = load_u32(w0), v = load_u32(w1);
-        uint32_t t = sxtb16(u);
-        s00 = smlad(t, a0, s00);
-        s01 = smlad(t, b0, s01);
-        t = sxtb16(v);
-        s10 = smlad(t, a0, s10);
-        s11 = smlad(t, b0, s11);
-        t = sxtb16_ror8(u);
-        s00 = smlad(t, a1, s00);
-        s01 = smlad(t, b1, s01);
-        t = sxtb16_ror8(v);
-        s10 = smlad(t, a1, s10);
-        s11 = smlad(t, b1, s11);
-    }
+    for (const uint32_t *end = x + 4 * groups; x < end; x += 4, w0 += 4, w1 += 4) DOT_2X2_GROUP(x, load_u32(w0), load_u32(w1));
     acc[0] = s00, acc[1] = s10, acc[2] = s01, acc[3] = s11;
 }
+#undef DOT_2X2_GROUP
 
 /* One output channel, two pixels (the last channel of an odd count): acc gets w.a, w.b. */
 static inline __attribute__((always_inline)) void dot_1x2(const int8_t *w, const uint32_t *x, int groups, int32_t *acc)
@@ -150,14 +162,39 @@ static inline __attribute__((always_inline)) void dot_1x2(const int8_t *w, const
 }
 #endif
 
+#if LCASC_DSP
+/* All output channels of the two pixels whose windows xs holds (widen_windows) into out_a and out_b. */
+static void conv_pixels(const lcasc_layer_t *L, const finish_t *F, const uint32_t *xs, int n4, int8_t *out_a,
+                        int8_t *out_b)
+{
+    const int cout = L->cout;
+    const int8_t *w = L->w;
+    int co = 0;
+    for (; co + 2 <= cout; co += 2, w += 2 * n4) {
+        int32_t acc[4] = {L->bias[co], L->bias[co + 1], L->bias[co], L->bias[co + 1]};
+        dot_2x2(w, w + n4, xs, n4 / 4, acc);
+        const int32_t m0 = F->mult[co], m1 = F->mult[co + 1];
+        const int s0 = F->shift[co], s1 = F->shift[co + 1];
+        out_a[co] = finish_with(F, m0, s0, acc[0]);
+        out_a[co + 1] = finish_with(F, m1, s1, acc[1]);
+        out_b[co] = finish_with(F, m0, s0, acc[2]);
+        out_b[co + 1] = finish_with(F, m1, s1, acc[3]);
+    }
+    if (co < cout) {
+        int32_t acc[2] = {L->bias[co], L->bias[co]};
+        dot_1x2(w, xs, n4 / 4, acc);
+        out_a[co] = finish(F, co, acc[0]);
+        out_b[co] = finish(F, co, acc[1]);
+    }
+}
+#endif
+
 /* One output row (out_w pixels x cout) of layer L; rows[ky] points at padded input row ky (the first
  * input pixel of the window of output pixel 0). col: scratch of 2 * k * span4 int16 (DSP build), 4-byte aligned. */
 static void conv_row(const lcasc_layer_t *L, const int8_t *const *rows, int out_w, int8_t *restrict out,
                      int16_t *restrict col)
 {
-    const int k = L->k, cin = L->cin, cout = L->cout, span = k * cin, span4 = span4_of(L), n4 = k * span4;
-    const int32_t *const bias = L->bias;
-    const int8_t *const weights = L->w;
+    const int k = L->k, cin = L->cin, cout = L->cout, span = k * cin, span4 = span4_of(L);
     const finish_t F = {L->mult, L->shift, L->table, L->out_offset};
 #if LCASC_DSP
     (void)span;
@@ -165,31 +202,15 @@ static void conv_row(const lcasc_layer_t *L, const int8_t *const *rows, int out_
     for (int x = 0; x < out_w; x += 2) { /* two pixels at a time (the second repeats the first at an odd end) */
         const int two = x + 1 < out_w;
         widen_windows(rows, x * cin, (x + two) * cin, k, span4, xs);
-        int8_t *const outb = out + (two ? cout : 0);
-        const int8_t *w = weights;
-        int co = 0;
-        for (; co + 2 <= cout; co += 2, w += 2 * n4) {
-            int32_t acc[4] = {bias[co], bias[co + 1], bias[co], bias[co + 1]};
-            dot_2x2(w, w + n4, xs, n4 / 4, acc);
-            out[co] = finish(&F, co, acc[0]);
-            out[co + 1] = finish(&F, co + 1, acc[1]);
-            outb[co] = finish(&F, co, acc[2]);
-            outb[co + 1] = finish(&F, co + 1, acc[3]);
-        }
-        if (co < cout) {
-            int32_t acc[2] = {bias[co], bias[co]};
-            dot_1x2(w, xs, n4 / 4, acc);
-            out[co] = finish(&F, co, acc[0]);
-            outb[co] = finish(&F, co, acc[1]);
-        }
+        conv_pixels(L, &F, xs, k * span4, out, out + (two ? cout : 0));
         out += (1 + two) * cout;
     }
 #else
     (void)col;
     for (int x = 0; x < out_w; ++x) {
-        const int8_t *w = weights;
+        const int8_t *w = L->w;
         for (int co = 0; co < cout; ++co) {
-            int32_t acc = bias[co];
+            int32_t acc = L->bias[co];
             for (int ky = 0; ky < k; ++ky, w += span4) acc = dot_s8(w, rows[ky] + x * cin, span, acc);
             out[co] = finish(&F, co, acc);
         }
