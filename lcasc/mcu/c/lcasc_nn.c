@@ -101,8 +101,9 @@ static inline int span4_of(const lcasc_layer_t *L) { return (L->k * L->cin + 3) 
 #if LCASC_DSP
 /* The windows of two output pixels (k row pieces of span4 int8 each, at offsets a and b of the rows; a
  * piece's last group may reach up to 3 bytes past the span, which meet zero weights), widened to int16 and
- * interleaved a group of four at a time: a0 a2 a1 a3 b0 b2 b1 b3, the SXTB16 order in which SMLAD pairs
- * them with SXTB16(w) = (w0, w2) and SXTB16(w ror 8) = (w1, w3) of the int8 weights as they are. */
+ * interleaved a group of four at a time in the SXTB16 order: a0 a2, b0 b2, a1 a3, b1 b3 (one word each), so
+ * that SMLAD pairs them with SXTB16(w) = (w0, w2) and SXTB16(w ror 8) = (w1, w3) of the int8 weights as
+ * they are, and one LDRD loads the words of both pixels that meet the same weights. */
 static inline void widen_windows(const int8_t *const *rows, int a, int b, int k, int span4, uint32_t *dst)
 {
     for (int ky = 0; ky < k; ++ky) {
@@ -110,41 +111,48 @@ static inline void widen_windows(const int8_t *const *rows, int a, int b, int k,
         for (int j = 0; j < span4; j += 4, dst += 4) {
             const uint32_t va = load_u32(pa + j), vb = load_u32(pb + j);
             dst[0] = sxtb16(va);
-            dst[1] = sxtb16_ror8(va);
-            dst[2] = sxtb16(vb);
+            dst[1] = sxtb16(vb);
+            dst[2] = sxtb16_ror8(va);
             dst[3] = sxtb16_ror8(vb);
         }
     }
 }
 
-/* Dot products of two output channels' weights (w0, w1: int8) with two interleaved widened windows x: acc
- * gets w0.a, w1.a, w0.b, w1.b. Each loaded weight word serves two pixels, each input word two channels:
- * 16 MACs per 4 input and 2 weight loads, 4 SXTB16 and 8 SMLAD. */
-#define DOT_2X2_GROUP(x, u, v)                                                                           \
-    do {                                                                                                 \
-        const uint32_t a0 = (x)[0], a1 = (x)[1], b0 = (x)[2], b1 = (x)[3];                              \
-        uint32_t t = sxtb16(u);                                                                          \
-        s00 = smlad(t, a0, s00);                                                                         \
-        s01 = smlad(t, b0, s01);                                                                         \
-        t = sxtb16(v);                                                                                   \
-        s10 = smlad(t, a0, s10);                                                                         \
-        s11 = smlad(t, b0, s11);                                                                         \
-        t = sxtb16_ror8(u);                                                                              \
-        s00 = smlad(t, a1, s00);                                                                         \
-        s01 = smlad(t, b1, s01);                                                                         \
-        t = sxtb16_ror8(v);                                                                              \
-        s10 = smlad(t, a1, s10);                                                                         \
-        s11 = smlad(t, b1, s11);                                                                         \
-    } while (0)
-
+/* Dot products of two output channels' weights (w0, w1: int8) with two pixels' windows x (widen_windows):
+ * acc gets w0.a, w1.a, w0.b, w1.b. Each weight word loaded serves two pixels, each input word two channels:
+ * 16 MACs per 2 LDR, 2 LDRD, 4 SXTB16, 8 SMLAD and the loop's compare and branch. Written in assembly
+ * because GCC, given the same in C, keeps a loop variable in memory (13 registers are live). */
 static inline __attribute__((always_inline)) void dot_2x2(const int8_t *w0, const int8_t *w1, const uint32_t *x,
                                                          int groups, int32_t *acc)
 {
     int32_t s00 = acc[0], s10 = acc[1], s01 = acc[2], s11 = acc[3];
-    for (const uint32_t *end = x + 4 * groups; x < end; x += 4, w0 += 4, w1 += 4) DOT_2X2_GROUP(x, load_u32(w0), load_u32(w1));
+    const uint32_t *const end = x + 4 * groups;
+    uint32_t a, b, u, v, t;
+    __asm__("1:\n\t"
+            "ldr     %[u], [%[w0]], #4\n\t"
+            "ldr     %[v], [%[w1]], #4\n\t"
+            "ldrd    %[a], %[b], [%[x]], #8\n\t"   /* (a0, a2), (b0, b2) */
+            "sxtb16  %[t], %[u]\n\t"               /* (w0, w2) of channel 0 */
+            "smlad   %[s00], %[t], %[a], %[s00]\n\t"
+            "smlad   %[s01], %[t], %[b], %[s01]\n\t"
+            "sxtb16  %[t], %[v]\n\t"               /* (w0, w2) of channel 1 */
+            "smlad   %[s10], %[t], %[a], %[s10]\n\t"
+            "smlad   %[s11], %[t], %[b], %[s11]\n\t"
+            "ldrd    %[a], %[b], [%[x]], #8\n\t"   /* (a1, a3), (b1, b3) */
+            "sxtb16  %[t], %[u], ror #8\n\t"       /* (w1, w3) of channel 0 */
+            "smlad   %[s00], %[t], %[a], %[s00]\n\t"
+            "smlad   %[s01], %[t], %[b], %[s01]\n\t"
+            "sxtb16  %[t], %[v], ror #8\n\t"       /* (w1, w3) of channel 1 */
+            "smlad   %[s10], %[t], %[a], %[s10]\n\t"
+            "smlad   %[s11], %[t], %[b], %[s11]\n\t"
+            "cmp     %[x], %[end]\n\t"
+            "bne     1b"
+            : [s00] "+r"(s00), [s10] "+r"(s10), [s01] "+r"(s01), [s11] "+r"(s11), [x] "+r"(x), [w0] "+r"(w0),
+              [w1] "+r"(w1), [a] "=&r"(a), [b] "=&r"(b), [u] "=&r"(u), [v] "=&r"(v), [t] "=&r"(t)
+            : [end] "r"(end)
+            : "cc", "memory");
     acc[0] = s00, acc[1] = s10, acc[2] = s01, acc[3] = s11;
 }
-#undef DOT_2X2_GROUP
 
 /* One output channel, two pixels (the last channel of an odd count): acc gets w.a, w.b. */
 static inline __attribute__((always_inline)) void dot_1x2(const int8_t *w, const uint32_t *x, int groups, int32_t *acc)
@@ -154,8 +162,8 @@ static inline __attribute__((always_inline)) void dot_1x2(const int8_t *w, const
         const uint32_t u = load_u32(w);
         const uint32_t lo = sxtb16(u), hi = sxtb16_ror8(u);
         s0 = smlad(lo, x[0], s0);
-        s1 = smlad(lo, x[2], s1);
-        s0 = smlad(hi, x[1], s0);
+        s1 = smlad(lo, x[1], s1);
+        s0 = smlad(hi, x[2], s0);
         s1 = smlad(hi, x[3], s1);
     }
     acc[0] = s0, acc[1] = s1;
