@@ -14,8 +14,9 @@
  * MultiplyByQuantizedMultiplier(x, m, shift) = RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(
  * x << left, m), right). With m > 0 (scales are positive) the high multiply's "add 2^30 (or 1 - 2^30 for a
  * negative product) and divide by 2^31, truncating" is exactly floor((x m + 2^30) / 2^31), one arithmetic
- * shift; the divide by 2^right rounding halves away from zero is floor((v + 2^(right-1) - [v < 0]) / 2^right).
- * Same bits as the reference, fewer instructions (a multiply-accumulate and two shifts). */
+ * shift; the divide by 2^right rounding halves away from zero is floor((v - [v < 0] + 2^(right-1)) / 2^right)
+ * = (floor((v - [v < 0]) / 2^(right-1)) + 1) >> 1, since floor((y + 1) / 2) = floor((floor(y) + 1) / 2).
+ * Same bits as the reference, fewer instructions (a multiply-accumulate and a few shifts). */
 
 static inline int32_t requantize(int32_t acc, int32_t mult, int shift)
 {
@@ -28,7 +29,7 @@ static inline int32_t requantize(int32_t acc, int32_t mult, int shift)
 #else
     int32_t v = (int32_t)(((int64_t)x * mult + ((int64_t)1 << 30)) >> 31);
 #endif
-    if (shift < 0) v = (v + (int32_t)(1u << (-shift - 1)) - (v < 0)) >> -shift;
+    if (shift < 0) v = (((v + (v >> 31)) >> (-shift - 1)) + 1) >> 1; /* divide by 2^-shift, halves away from 0 */
     return v;
 }
 
