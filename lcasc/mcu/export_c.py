@@ -5,8 +5,9 @@ What it writes (one folder, written under a temporary name and renamed into plac
 - ``lcasc.h``/``lcasc.c`` (one call: 1 s of int16 PCM -> class probabilities), ``lcasc_nn.[ch]`` (the int8
   kernels, strip-wise), ``lcasc_frontend.[ch]`` (log-mel in float32 with a portable 2048-point real FFT or
   CMSIS-DSP's ``arm_rfft_fast_f32`` with ``-DLCASC_USE_CMSIS_DSP``) - copied from ``lcasc/mcu/c``;
-- ``lcasc_model.[ch]`` (generated): each member's int8 weights, folded int32 biases, Q31 multipliers and
-  shifts, output tables (clamp and tanh), as ``const`` arrays, from its ``model_int8.tflite`` (:mod:`lcasc.mcu.tflite_graph`);
+- ``lcasc_model.[ch]`` (generated): each member's int8 weights (window rows padded with zeros to a multiple
+  of 4), folded int32 biases, Q31 multipliers and shifts, output tables (activation clamp and tanh), as
+  ``const`` arrays, from its ``model_int8.tflite`` (:mod:`lcasc.mcu.tflite_graph`);
 - ``lcasc_tables.c`` (generated): Hamming window, FFT twiddles and the sparse Slaney mel filterbank;
 - ``Makefile``, ``examples/lcasc_demo.c`` (classifies the first second of a WAV file), ``cortex-m4/``
   (start-up code, linker script and harness for ``qemu-system-arm -M mps2-an386``), ``README.md``.

@@ -93,7 +93,10 @@ static inline int8_t finish_with(const finish_t *F, int32_t mult, int shift, int
     return F->table ? F->table[(uint8_t)v] : (int8_t)v;
 }
 
-static inline int8_t finish(const finish_t *F, int co, int32_t acc) { return finish_with(F, F->mult[co], F->shift[co], acc); }
+static inline int8_t finish(const finish_t *F, int co, int32_t acc)
+{
+    return finish_with(F, F->mult[co], F->shift[co], acc);
+}
 
 /* Weights are [cout][k][span4] (lcasc_nn.h): each window row of span = k * cin inputs is padded with zero
  * weights to span4 = span rounded up to a multiple of 4, so that every row piece is whole groups of four. */
@@ -119,10 +122,10 @@ static inline void widen_windows(const int8_t *const *rows, int a, int b, int k,
     }
 }
 
-/* Dot products of two output channels' weights (w0, w1: int8) with two pixels' windows x (widen_windows):
- * acc gets w0.a, w1.a, w0.b, w1.b. Each weight word loaded serves two pixels, each input word two channels:
- * 16 MACs per 2 LDR, 2 LDRD, 4 SXTB16, 8 SMLAD and the loop's compare and branch. Written in assembly
- * because GCC, given the same in C, keeps a loop variable in memory (13 registers are live). */
+/* Dot products of two output channels' weights (w0, w1: int8) with two pixels' windows x (widen_windows),
+ * groups >= 1 groups of four: acc gets w0.a, w1.a, w0.b, w1.b. Each weight word loaded serves two pixels,
+ * each input word two channels: 16 MACs per 2 LDR, 2 LDRD, 4 SXTB16, 8 SMLAD and the loop's compare and
+ * branch. In assembly because GCC, given the same in C, keeps a loop variable in memory (13 are live). */
 static inline __attribute__((always_inline)) void dot_2x2(const int8_t *w0, const int8_t *w1, const uint32_t *x,
                                                          int groups, int32_t *acc)
 {
@@ -169,9 +172,7 @@ static inline __attribute__((always_inline)) void dot_1x2(const int8_t *w, const
     }
     acc[0] = s0, acc[1] = s1;
 }
-#endif
 
-#if LCASC_DSP
 /* All output channels of the two pixels whose windows xs holds (widen_windows) into out_a and out_b. */
 static void conv_pixels(const lcasc_layer_t *L, const finish_t *F, const uint32_t *xs, int n4, int8_t *out_a,
                         int8_t *out_b)
@@ -199,7 +200,7 @@ static void conv_pixels(const lcasc_layer_t *L, const finish_t *F, const uint32_
 #endif
 
 /* One output row (out_w pixels x cout) of layer L; rows[ky] points at padded input row ky (the first
- * input pixel of the window of output pixel 0). col: scratch of 2 * k * span4 int16 (DSP build), 4-byte aligned. */
+ * input pixel of the window of output pixel 0). col: 4-byte aligned scratch of 2 * k * span4 int16 (DSP build). */
 static void conv_row(const lcasc_layer_t *L, const int8_t *const *rows, int out_w, int8_t *restrict out,
                      int16_t *restrict col)
 {
