@@ -223,3 +223,27 @@ def test_tanh_table_equals_tflite_micro_for_all_256_inputs(tmp_path):
         got = interp.get_output(0).reshape(-1)
         table = tanh_int8_table(scale, zero_point)
         assert np.array_equal(got, table[values.reshape(-1).astype(np.uint8)]), spread
+
+
+def test_layer_constants_padded_weights_and_output_table():
+    """The C kernels' layer constants: window rows of weights zero-padded to a multiple of 4 (the real weights
+    unchanged), and one output table = the fused activation's clamp followed by the TANH table."""
+    from lcasc.mcu.export_c import output_table, padded_weights
+    from lcasc.mcu.tflite_graph import Conv
+
+    rng = np.random.default_rng(0)
+    tanh = rng.integers(-128, 128, 256).astype(np.int8)
+    q = np.arange(-128, 128)
+    for cin, lo, hi, t in [(1, -128, 127, None), (13, -3, 127, None), (11, -128, 127, tanh), (16, -20, 90, tanh)]:
+        w = rng.integers(-128, 128, (5, 3, 3, cin)).astype(np.int8)
+        layer = Conv(w=w, bias=np.zeros(5, np.int32), multiplier=np.ones(5, np.int32), shift=np.zeros(5, np.int32),
+                     input_offset=0, output_offset=0, act_min=lo, act_max=hi, tanh=t)
+        padded = padded_weights(layer)
+        assert padded.shape == (5, 3, -(-3 * cin // 4) * 4)
+        assert np.array_equal(padded[:, :, :3 * cin], w.reshape(5, 3, 3 * cin)) and not padded[:, :, 3 * cin:].any()
+        table = output_table(layer)
+        if t is None and (lo, hi) == (-128, 127):
+            assert table is None
+            continue
+        want = np.clip(q, lo, hi) if t is None else t[np.clip(q, lo, hi) & 0xFF]
+        assert table.dtype == np.int8 and np.array_equal(table[q & 0xFF], want)
