@@ -226,11 +226,11 @@ EVERY_CLASSIFIER = {
 def test_every_classifier_shares_one_interface(name, data, tmp_path, monkeypatch):
     """Evaluation, ensembling and reports call only this: fit(X, y, X_val, y_val) -> self, predict_proba(X)
     -> (N, n_classes) rows summing to 1, in the order of ``classes``."""
-    from lcasc import metrics
-
     import tempfile
 
-    monkeypatch.chdir(tmp_path / ".")
+    from lcasc import metrics
+
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where checkpoints go without a workdir
     (tmp_path / "tmp").mkdir()
     (X, y), (Xv, yv), (Xt, yt) = data

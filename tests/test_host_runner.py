@@ -39,7 +39,8 @@ def test_compiled_library_gives_tflite_micros_probabilities_bit_for_bit(run, nam
     X = np.concatenate([run.split("test").X, run.split("validate").X])
     tflm = _tflm(run, name)
     with CompiledInt8Classifier(tflm.path, run.classes, workers=3) as fast:  # 3 processes: uneven parts
-        np.testing.assert_array_equal(fast.invoke_int8(tflm.quantize_input(X)), tflm.invoke_int8(tflm.quantize_input(X)))
+        Xq = tflm.quantize_input(X)
+        np.testing.assert_array_equal(fast.invoke_int8(Xq), tflm.invoke_int8(Xq))
         np.testing.assert_array_equal(fast.predict_proba(X), tflm.predict_proba(X))
         assert fast.predict_proba(X[:0]).shape == (0, len(run.classes))
         build = fast._tmp

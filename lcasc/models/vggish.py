@@ -21,7 +21,6 @@ initialisation.)
 from __future__ import annotations
 
 import contextlib
-
 import tempfile
 from pathlib import Path
 
