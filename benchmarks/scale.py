@@ -100,13 +100,52 @@ def write_tree(root: Path, clips: int, workers: int) -> float:
     return time.perf_counter() - t0
 
 
-def run_stage(args: list[str]) -> tuple[float, float, int]:
-    """Run ``python -m lcasc ARGS``; (seconds, peak RSS in GB of it and its workers, exit code)."""
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def tree_memory(pid: int) -> tuple[float, float]:
+    """(PSS, RSS) in bytes of ``pid`` and its descendants, summed. PSS divides each shared page (a memory-mapped
+    feature file read by several workers, libraries) among the processes that map it, so its sum is the memory
+    the process tree really occupies; the RSS sum counts shared pages once per process."""
+    pss = rss = 0
+    for p in _tree(pid):
+        try:
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1]) * 1024
+            elif line.startswith("Rss:"):
+                rss += int(line.split()[1]) * 1024
+    return pss, rss
+
+
+def run_stage(args: list[str], interval: float = 0.5) -> tuple[float, float, float, int]:
+    """Run ``python -m lcasc ARGS``; (seconds, peak PSS and peak RSS in GB of the process tree — it and its
+    worker processes, summed, sampled every ``interval`` s — and the exit code)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "lcasc", *args], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - t0, usage.ru_maxrss / 1e6, proc.returncode
+    peak_pss = peak_rss = 0.0
+    while proc.poll() is None:
+        pss, rss = tree_memory(proc.pid)
+        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+        time.sleep(interval)
+    return time.perf_counter() - t0, peak_pss / 1e9, peak_rss / 1e9, proc.returncode
 
 
 def main() -> None:
@@ -133,10 +172,11 @@ def main() -> None:
             cmd = ["-q", "prune", "--run", str(run_dir)]
         else:
             cmd = ["-q", stage, "--run", str(run_dir)]
-        seconds, peak, code = run_stage(cmd)
-        results.append({"stage": stage, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2), "exit": code})
-        print(f"{stage:<10} {seconds:8.1f} s   peak RSS {peak:5.2f} GB" + (f"   EXIT {code}" if code else ""),
-              flush=True)
+        seconds, pss, rss, code = run_stage(cmd)
+        results.append({"stage": stage, "seconds": round(seconds, 1), "peak_pss_gb": round(pss, 2),
+                        "peak_rss_sum_gb": round(rss, 2), "exit": code})
+        print(f"{stage:<10} {seconds:8.1f} s   peak memory {pss:5.2f} GB (PSS; RSS summed over processes "
+              f"{rss:5.2f} GB)" + (f"   EXIT {code}" if code else ""), flush=True)
         if code:
             break
     summary = json.loads((run_dir / "features" / "summary.json").read_text()) if (run_dir / "features").is_dir() \
@@ -152,7 +192,8 @@ def main() -> None:
         epochs = len(log.read_text().splitlines()) - 1
         print(f"train: {epochs} epoch(s), {train['seconds'] / max(1, epochs):.0f} s per epoch "
               "(including validation and process start)")
-    print(f"peak RSS over the stages: {max(r['peak_rss_gb'] for r in results):.2f} GB; this process "
+    print(f"peak memory over the stages: {max(r['peak_pss_gb'] for r in results):.2f} GB PSS, "
+          f"{max(r['peak_rss_sum_gb'] for r in results):.2f} GB RSS summed; this process "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
     print(json.dumps(results))
 

@@ -52,6 +52,6 @@ def probabilities_from_logits(logits: np.ndarray, n_classes: int) -> np.ndarray:
     z = np.asarray(logits, np.float64)
     if z.ndim != 2 or z.shape[1] % n_classes:
         raise ValueError(f"logits of shape {z.shape} do not hold whole members of {n_classes} classes")
-    z = z.reshape(len(z), -1, n_classes)
+    z = z.reshape(len(z), z.shape[1] // n_classes, n_classes)  # (an empty batch has no -1 to infer)
     z = np.exp(z - z.max(axis=2, keepdims=True))
     return (z / z.sum(axis=2, keepdims=True)).mean(axis=1).astype(np.float32)

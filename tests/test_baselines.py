@@ -226,15 +226,20 @@ EVERY_CLASSIFIER = {
 def test_every_classifier_shares_one_interface(name, data, tmp_path, monkeypatch):
     """Evaluation, ensembling and reports call only this: fit(X, y, X_val, y_val) -> self, predict_proba(X)
     -> (N, n_classes) rows summing to 1, in the order of ``classes``."""
+    import tempfile
+
     from lcasc import metrics
 
-    monkeypatch.chdir(tmp_path)  # where a classifier keeps checkpoints by default
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where checkpoints go without a workdir
+    (tmp_path / "tmp").mkdir()
     (X, y), (Xv, yv), (Xt, yt) = data
     if name == "vggish":  # about 1 GMAC per clip: a few clips show the interface
         X, y, Xv, yv, Xt, yt = X[:16], y[:16], Xv[:8], yv[:8], Xt[:8], yt[:8]
     clf = EVERY_CLASSIFIER[name]()
     assert isinstance(clf, Classifier) and list(clf.classes) == CLASSES
     assert clf.fit(X, y, Xv, yv) is clf
+    assert not list((tmp_path / "tmp").glob("lcasc-*"))  # no checkpoint folder left behind (torch's caches may be)
     P = clf.predict_proba(Xt)
     assert P.shape == (len(Xt), len(CLASSES)) and np.isfinite(P).all() and (P >= 0).all()
     np.testing.assert_allclose(P.sum(axis=1), 1, atol=1e-5)

@@ -130,6 +130,7 @@ def test_run_includes_the_cheap_baselines_and_refits_on_request(run_dir):
 @pytest.mark.skipif(not int8_available(), reason="INT8 export extras (lcasc[tflite]) not installed")
 def test_run_writes_int8_files_that_tflite_micro_runs(run_dir):
     from lcasc.export.tflite import fixed_qparam_violations
+    from lcasc.mcu.toolchain import host_compiler
     from lcasc.run import Run
     from lcasc.runtimes import TFLiteMicroClassifier
 
@@ -148,8 +149,17 @@ def test_run_writes_int8_files_that_tflite_micro_runs(run_dir):
         assert 20_000 < q["arena_bytes"] < 200_000 and q["tflm_vs_litert_max_step_diff"] <= 1
         assert q["calibration_segments"] == min(500, n_train)
         assert fixed_qparam_violations(path) == []
-        probs = TFLiteMicroClassifier(path, res["classes"], arena_size=q["arena_bytes"] + 256).predict_proba(X)
+        tflm = TFLiteMicroClassifier(path, res["classes"], arena_size=q["arena_bytes"] + 256)
+        probs = tflm.predict_proba(X)
         assert np.isclose((probs.argmax(1) == y).mean(), q["accuracy"], atol=1e-6)
+        # the bulk evaluation (the C library when a compiler is here) saved TFLM's probabilities, bit for bit
+        assert q["bulk_runtime"] == ("c-host" if host_compiler() else "tflite-micro")
+        if q["bulk_runtime"] == "c-host":
+            assert q["tflm_sample_mismatches"] == 0 and q["tflm_sample_clips"] == min(128, len(te)) + min(
+                128, len(run.split("validate")))
+        saved_test, saved_val = run.probabilities(q["name"])
+        np.testing.assert_array_equal(saved_test, probs)
+        np.testing.assert_array_equal(saved_val, tflm.predict_proba(run.split("validate").X))
         assert (run_dir / "models" / f["name"] / "model_int8.onnx").is_file()
     ens = {e["name"]: e for e in res["ensembles"]}
     assert ens["ensemble_all_int8"]["precision"] == "int8" and len(ens["ensemble_all_int8"]["members"]) == 6

@@ -175,8 +175,11 @@ class CNNClassifier:
         if self.net is None:  # initial weights follow the seed too
             torch.manual_seed(config.seed)
             self.net = LowComplexityCNN.from_spec(self.spec)
-        workdir = self.workdir or tempfile.mkdtemp(prefix="lcasc-train-")
-        self.net, self.history = fit(self.net, X, y, X_val, y_val, config, workdir, teacher_logits)
+        if self.workdir:  # checkpoints kept there (training resumes from them)
+            self.net, self.history = fit(self.net, X, y, X_val, y_val, config, self.workdir, teacher_logits)
+            return self
+        with tempfile.TemporaryDirectory(prefix="lcasc-train-") as workdir:  # no folder given: nothing left behind
+            self.net, self.history = fit(self.net, X, y, X_val, y_val, config, workdir, teacher_logits)
         return self
 
     def predict_proba(self, X):

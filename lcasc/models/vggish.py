@@ -20,6 +20,7 @@ initialisation.)
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -153,11 +154,12 @@ class VGGishClassifier(ClassifierMixin, BaseEstimator):
             X_val, y_val = X, y
         config = TrainConfig(max_epochs=self.max_epochs, patience=self.patience, batch_size=self.batch_size,
                              lr=self.lr, seed=self.seed, progress=False)
-        workdir = Path(self.workdir or tempfile.mkdtemp(prefix="lcasc-vggish-"))
-        _start_over_unless_same(workdir, {**self.get_params(), "classes": list(self.classes),
-                                          "weights_path": None if self.weights_path is None else str(self.weights_path),
-                                          "workdir": None, "n_train": len(X)})
-        self.model_, history = fit(_Standardized(net, self.mean_, self.std_), X, y, X_val, y_val, config, workdir)
+        with contextlib.ExitStack() as stack:  # without a workdir, checkpoints go to a folder removed after
+            workdir = Path(self.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="lcasc-vggish-")))
+            _start_over_unless_same(workdir, {**self.get_params(), "classes": list(self.classes), "workdir": None,
+                                              "weights_path": None if self.weights_path is None
+                                              else str(self.weights_path), "n_train": len(X)})
+            self.model_, history = fit(_Standardized(net, self.mean_, self.std_), X, y, X_val, y_val, config, workdir)
         self.history_ = [(h["epoch"] + 1, h["train_loss"], h["val_log_loss"]) for h in history]
         return self
 

@@ -23,7 +23,9 @@ def evaluate_classifier(run: Run, clf, name: str, extra: dict | None = None, fig
     test_probs = clf.predict_proba(te.X)
     # TAU22's development set: test and validation are the same clips (the same rows of the feature file),
     # so each clip is run once (an INT8 file in TFLite Micro costs milliseconds per clip).
-    same = te.mapped() is not None and te.mapped() == va.mapped()
+    aliases = run.dataset.aliases
+    same = ((te.mapped() is not None and te.mapped() == va.mapped())
+            or aliases.get("test", "test") == aliases.get("validate", "validate"))  # in memory, same split
     return evaluate_probs(run, name, test_probs, test_probs if same else clf.predict_proba(va.X), extra, figure)
 
 

@@ -1,5 +1,7 @@
 """Full-integer INT8 files of every float network (TFLite for TensorFlow Lite Micro, ONNX QDQ), each
-evaluated by running the file itself in TensorFlow Lite Micro. Needs the ``tflite`` extra."""
+evaluated by running the file itself: in bulk by its C library compiled for this machine once that equals
+TensorFlow Lite Micro on a sample of real clips (:mod:`lcasc.mcu.host_runner`), else in TFLite Micro.
+Needs the ``tflite`` extra."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 from lcasc import runtimes
 from lcasc.export import onnx as onnx_export
 from lcasc.export import tflite as tflite_export
+from lcasc.mcu import host_runner
 from lcasc.models.cnn import CNNClassifier
 from lcasc.run import Run, RunError
 from lcasc.stages.evaluate import evaluate_classifier
@@ -64,9 +67,17 @@ def checked_against_litert(run: Run, tflite: Path) -> dict:
     return agreement
 
 
+def bulk_sample(run: Run) -> np.ndarray:
+    """The real clips on which the fast INT8 runner must equal TFLite Micro before it evaluates a file:
+    evenly spaced over the test split and the validation split (half each)."""
+    te, va = run.split("test").X, run.split("validate").X
+    half = host_runner.SAMPLE_CLIPS // 2
+    return np.concatenate([te[host_runner.sample_rows(len(te), half)], va[host_runner.sample_rows(len(va), half)]])
+
+
 def run(run: Run, names: list[str] | None = None, calibration_segments: int = 500) -> list[dict]:
     """Full-integer INT8 TFLite (for TensorFlow Lite Micro) and ONNX (float, INT8 QDQ; when ``lcasc[onnx]`` is
-    installed) of every float CNN, evaluated by running the INT8 file itself in tflite-micro."""
+    installed) of every float CNN, evaluated by running the INT8 file itself (TFLite Micro's bits)."""
     floats = [n for n in run.results()["networks"] if n["precision"] == "float32" and n.get("kind", "cnn") == "cnn"]
     if names:
         floats = [n for n in floats if n["name"] in names]
@@ -89,14 +100,20 @@ def run(run: Run, names: list[str] | None = None, calibration_segments: int = 50
             onnx_export.export_onnx(clf.net, folder / "model.onnx")
             onnx_export.quantize_onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", calibration,
                                         max_samples=len(calibration))
-        int8 = runtimes.TFLiteMicroClassifier(tflite, run.classes)
+        tflm = runtimes.TFLiteMicroClassifier(tflite, run.classes)
         agreement = checked_against_litert(run, tflite)
+        bulk, bulk_check = host_runner.bulk_classifier(tflite, run.classes, bulk_sample(run), tflm)
+        try:
+            evaluation = evaluate_classifier(run, bulk, f"{name}_int8", figure=False)
+        finally:
+            if bulk is not tflm:
+                bulk.close()
         entry = {"name": f"{name}_int8", "kind": "cnn", "precision": "int8", "widths": net_entry["widths"],
-                 **evaluate_classifier(run, int8, f"{name}_int8", figure=False),
+                 **evaluation,
                  "params": net_entry["params"], "macs": net_entry["macs"], "size_kb": net_entry["size_kb"],
                  "within_dcase_limits": net_entry["within_dcase_limits"],
                  "file": str(tflite.relative_to(run.dir)), "file_bytes": tflite.stat().st_size,
-                 "arena_bytes": int8.arena_size - runtimes.ARENA_MARGIN,
+                 "arena_bytes": tflm.arena_size - runtimes.ARENA_MARGIN, **bulk_check,
                  **{key: (folder / f).stat().st_size for key, f in (("onnx_bytes", "model.onnx"),
                                                                   ("onnx_int8_bytes", "model_int8.onnx"))
                     if (folder / f).is_file()},
