@@ -6,6 +6,10 @@ names, sizes and modification times. Changing a parameter or a file recomputes o
 killed extraction resumes at the first chunk not yet written. The chunks are then gathered into one
 memory-mapped ``.npy`` file per feature set, rows grouped by split: training, the fine-tuning and study
 workers all read that one file (each split is a view of it), so the features are never held twice.
+
+Speed: every CPU runs a thread that decodes a few files straight into a buffer it keeps and turns them into
+features while they are in the CPU cache (:func:`_features_of`); the next chunk's work is queued while a
+chunk is written. Most of the time goes into the float64 FFT (``benchmarks/features_speed.py`` measures it).
 """
 
 from __future__ import annotations
