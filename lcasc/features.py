@@ -169,8 +169,10 @@ def _features_of(recs: list[Recording], params: FeatureParams) -> tuple[list, li
     X, level_db, counts, errors = [], [], [], []
 
     def add(w: np.ndarray) -> None:
-        X.append(logmel(w, params, workers=1))
-        level_db.append(audio.rms_db(w, work=_LOCAL.squares[:len(w)] if len(w) <= len(_LOCAL.squares) else None))
+        for s in range(0, len(w), len(waves)):  # a long recording in blocks: rms_db squares in float64
+            block = w[s:s + len(waves)]
+            X.append(logmel(block, params, workers=1))
+            level_db.append(audio.rms_db(block, work=_LOCAL.squares[:len(block)]))
 
     rows = 0
     for rec in recs:
@@ -275,7 +277,8 @@ def extract(dataset: Dataset, params: FeatureParams = DEFAULT_PARAMS, cache_dir:
     counts them). X is a (copy-on-write) memory map of one ``.npy`` file in the cache (``set-<key>.npy``, keyed by
     the chunks, the splits and ``silence_db``), with rows grouped by split in :data:`SPLIT_ORDER` (recording
     order within a split), so that each split is a view of it. Chunks of about ``chunk_seconds`` of audio are
-    computed (and cached) one at a time, so memory holds one chunk's audio, never the whole dataset.
+    computed (and cached) in order, a few files at a time per thread, so memory holds a few files' audio and
+    two chunks' features, never the whole dataset.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)

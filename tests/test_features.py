@@ -145,3 +145,23 @@ def test_features_are_each_files_own_with_a_bad_file_skipped_by_name(tmp_path, l
         assert list(fs.segment[rows]) == list(range(len(segments)))
         np.testing.assert_array_equal(fs.X[rows], logmel(segments))
         np.testing.assert_array_equal(fs.level_db[rows], audio.rms_db(segments))
+
+
+def test_a_recording_longer_than_a_threads_buffer(tmp_path):
+    """A 70.7-s recording (71 segments, more than the 32 a thread decodes into) after a short one: its rows
+    are still its own logmel and level, whole, in order."""
+    import soundfile as sf
+
+    short, _ = real_clips(1)[0]
+    x = np.tile(audio.load(short), 16)[:44100 * 70 + 30870]
+    sf.write(tmp_path / "long.wav", x, 44100, subtype="PCM_16")
+    (tmp_path / "data.csv").write_text(f"filename,label,split\n{short},rain,train\nlong.wav,rain,train\n")
+    ds = load_csv(tmp_path / "data.csv")
+    fs, problems = extract(ds, cache_dir=tmp_path / "cache", progress=False)
+    assert not problems
+    for i, rec in enumerate(sorted(ds.recordings, key=lambda r: r.name)):
+        rows = np.flatnonzero(fs.recording == i)
+        segments = audio.segment(audio.load(rec.path))
+        assert len(rows) == len(segments) == (71 if rec.path.name == "long.wav" else 5)
+        np.testing.assert_array_equal(fs.X[rows], logmel(segments))
+        np.testing.assert_array_equal(fs.level_db[rows], audio.rms_db(segments))
