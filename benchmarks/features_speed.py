@@ -62,7 +62,7 @@ def load_average() -> float:
 def run_side(package_root: Path, dataset: str, layout: str, cache: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(package_root)}
     out = subprocess.run([sys.executable, "-c", DRIVER, dataset, layout, str(cache)], env=env, check=True,
-                         capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
+                         capture_output=True, text=True, cwd=package_root).stdout  # "" on sys.path: its lcasc
     return json.loads(out.strip().splitlines()[-1])
 
 
