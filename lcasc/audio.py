@@ -117,26 +117,30 @@ def _warn_truncated(path: Path, announced: int, got: int, rate: int) -> None:
                 path, announced / rate, got / rate)
 
 
-def _read_pcm_wav(path: Path) -> tuple[np.ndarray, int] | None:
-    """16- or 24-bit PCM WAV (plain or WAVE_FORMAT_EXTENSIBLE) -> ((frames, channels) float32, rate), or
-    None for anything else, which then goes to libsndfile.
+def _file_bytes(path: Path) -> memoryview | None:
+    """The bytes of ``path`` in a buffer kept per thread (valid until this thread's next call), or None when the
+    file is larger than :data:`FAST_WAV_MAX_BYTES`.
 
-    Why: libsndfile unpacks 24-bit samples one at a time (~4 ns each); reading the bytes and letting numpy
-    view them as overlapping little-endian int32 words 3 bytes apart (the sample in the top 24 bits, the
-    previous byte masked off) is ~2x faster end to end on 1-second TAU clips. The values are identical to
-    libsndfile's (sample / 2**23 resp. / 2**15, exact in float32), including for a data chunk cut short,
-    where both keep the whole frames present.
-    """
+    Why a kept buffer: a fresh bytes object per file is allocated by mmap and page-faulted in (~90 us for a
+    1-s clip, as long as decoding it)."""
     with open(path, "rb") as fh:
         n_bytes = os.fstat(fh.fileno()).st_size
         if n_bytes > FAST_WAV_MAX_BYTES:
             return None
-        # Into a buffer kept per thread: a fresh bytes object per file is allocated by mmap and page-faulted
-        # in (~90 us for a 1-s clip, as long as decoding it); the samples are copied out below.
         buf = getattr(_LOCAL, "wav", None)
         if buf is None or len(buf) < n_bytes:
             buf = _LOCAL.wav = bytearray(max(n_bytes, 1 << 20))
-        data = memoryview(buf)[:fh.readinto(memoryview(buf)[:n_bytes])]
+        return memoryview(buf)[:fh.readinto(memoryview(buf)[:n_bytes])]
+
+
+def _pcm_wav_layout(data: memoryview, path: Path, file_size: int | None = None
+                    ) -> tuple[int, int, int, int, int] | None:
+    """(offset of the samples, frames, channels, sample rate, bits) of a 16- or 24-bit PCM WAV (plain or
+    WAVE_FORMAT_EXTENSIBLE) held in ``data``, or None for anything else, which then goes to libsndfile.
+    Frames are the whole frames present (a data chunk cut short keeps those, as libsndfile does), with a
+    warning. ``file_size``: the file's size when ``data`` holds only its start (then no warning)."""
+    size_known = file_size is not None
+    file_size = len(data) if file_size is None else file_size
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     pos, fmt = 12, None
@@ -160,21 +164,48 @@ def _read_pcm_wav(path: Path) -> tuple[np.ndarray, int] | None:
             tag, channels, rate, align, bits = fmt
             if tag != 1 or bits not in (16, 24) or channels < 1 or rate < 1 or align != channels * bits // 8:
                 return None
-            n = min(size, len(data) - body) // align
+            n = min(size, file_size - body) // align
             if n == 0:
                 return None
-            if len(data) - body < size != 0xFFFFFFFF:  # 0xFFFFFFFF: a streamed file that never set the size
+            # 0xFFFFFFFF: a streamed file that never set the size
+            if not size_known and file_size - body < size != 0xFFFFFFFF:
                 _warn_truncated(path, size // align, n, rate)
-            if bits == 16:
-                x = np.frombuffer(data, "<i2", count=n * channels, offset=body).astype(np.float32)
-                x *= np.float32(2.0 ** -15)
-            else:  # body >= 20, so the word of the first sample can start one byte early
-                words = np.ndarray((n * channels,), "<i4", buffer=data, offset=body - 1, strides=(3,))
-                x = (words & np.int32(-256)).astype(np.float32)
-                x *= np.float32(2.0 ** -31)
-            return x.reshape(n, channels), int(rate)
+            return body, n, channels, int(rate), bits
         pos = body + size + (size & 1)  # chunks are padded to an even size
     return None
+
+
+def _pcm_to_float(data: memoryview, body: int, count: int, bits: int, out: np.ndarray) -> None:
+    """``count`` PCM samples at ``data[body:]`` -> ``out`` (float32, ``count`` values), as libsndfile scales them
+    (sample / 2**23 resp. / 2**15, exact in float32).
+
+    24-bit samples: numpy views the bytes as overlapping little-endian int32 words 3 bytes apart (the sample
+    in the top 24 bits, the previous byte masked off), ~2x faster than libsndfile, which unpacks them one at
+    a time. The int32 step goes through a buffer kept per thread: fresh arrays of this size are page-faulted
+    in on every call, which costs more than the conversion."""
+    if bits == 16:
+        np.multiply(np.frombuffer(data, "<i2", count=count, offset=body), np.float32(2.0 ** -15), out=out,
+                    dtype=np.float32)
+        return
+    words = np.ndarray((count,), "<i4", buffer=data, offset=body - 1, strides=(3,))  # body >= 20: byte 1 early
+    scratch = getattr(_LOCAL, "words", None)
+    if scratch is None or len(scratch) < count:
+        scratch = _LOCAL.words = np.empty(max(count, SAMPLE_RATE), np.int32)
+    np.bitwise_and(words, np.int32(-256), out=scratch[:count])
+    np.multiply(scratch[:count], np.float32(2.0 ** -31), out=out, dtype=np.float32)
+
+
+def _read_pcm_wav(path: Path) -> tuple[np.ndarray, int] | None:
+    """16- or 24-bit PCM WAV -> ((frames, channels) float32, rate), or None for anything else (then
+    libsndfile decodes it). The values are identical to libsndfile's."""
+    data = _file_bytes(path)
+    layout = None if data is None else _pcm_wav_layout(data, path)
+    if layout is None:
+        return None
+    body, n, channels, rate, bits = layout
+    x = np.empty((n, channels), np.float32)
+    _pcm_to_float(data, body, n * channels, bits, x.reshape(-1))
+    return x, rate
 
 
 def read(path: str | Path) -> tuple[np.ndarray, int]:
@@ -254,8 +285,61 @@ def segment(x: np.ndarray, min_last: float = 0.5, sample_rate: int = SAMPLE_RATE
     return out
 
 
-def rms_db(segments: np.ndarray) -> np.ndarray:
-    """(n, samples) -> (n,) RMS level in dB relative to full scale (-inf for digital silence)."""
-    rms = np.sqrt(np.mean(np.square(segments, dtype=np.float64), axis=1))
+def load_segments(path: str | Path, min_last: float = 0.5, sample_rate: int = SAMPLE_RATE,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """``segment(load(path, sample_rate), min_last, sample_rate)``, the same numbers, with less work.
+
+    A mono 16- or 24-bit PCM WAV at ``sample_rate`` (every TAU22 clip) is converted from the file's bytes
+    straight into its segments, in the first rows of ``out`` ((rows, samples per second) float32) when it
+    has room for them: the result is then a view of ``out``, and no array is allocated (fresh arrays of a
+    clip's size are page-faulted in on every call, which costs more than decoding). Decoding to float32 mono
+    changes nothing for such a file (``to_mono_44k`` has nothing to do), so this is ``load`` without its
+    copies. Any other file, and any problem (named in an :class:`AudioError`), goes through :func:`load`.
+    """
+    path = Path(path)
+    seg = int(sample_rate * SEGMENT_SECONDS)
+    if path.suffix.lower() in (".wav", ".wave"):
+        try:
+            data = _file_bytes(path)
+            layout = None if data is None else _pcm_wav_layout(data, path)
+        except (OSError, ValueError, struct.error):
+            layout = None  # load() gives the definitive answer and message
+        if layout is not None and layout[2] == 1 and layout[3] == sample_rate:
+            body, n, _, _, bits = layout
+            rows = n_segments(n, min_last, sample_rate)
+            fits = out is not None and len(out) >= rows and out.shape[1:] == (seg,) and out.dtype == np.float32
+            dest = out[:rows] if fits else np.empty((rows, seg), np.float32)
+            flat = dest.reshape(-1)
+            m = min(n, flat.size)
+            _pcm_to_float(data, body, m, bits, flat[:m])
+            flat[m:] = 0
+            return dest
+    return segment(load(path, sample_rate), min_last, sample_rate)
+
+
+def duration(path: str | Path) -> float:
+    """Seconds of audio in ``path`` from its header; 0 when it is unreadable (decoding names the problem).
+
+    PCM WAV headers are read here (~20 us a file); other files ask libsndfile (~170 us: it opens the
+    whole decoder). Both count the whole frames the file holds."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".wav", ".wave"):
+            with open(path, "rb") as fh:
+                head, size = fh.read(4096), os.fstat(fh.fileno()).st_size
+            layout = _pcm_wav_layout(memoryview(head), path, file_size=size)
+            if layout is not None:
+                return layout[1] / layout[3]
+        info = sf.info(str(path))
+        return info.frames / info.samplerate if info.samplerate else 0.0
+    except Exception:  # noqa: BLE001 - any unreadable file is handled (named) when it is decoded
+        return 0.0
+
+
+def rms_db(segments: np.ndarray, work: np.ndarray | None = None) -> np.ndarray:
+    """(n, samples) -> (n,) RMS level in dB relative to full scale (-inf for digital silence).
+
+    ``work``: an (n, samples) float64 array to square the samples into (else one is allocated)."""
+    rms = np.sqrt(np.mean(np.square(segments, out=work, dtype=np.float64), axis=1))
     with np.errstate(divide="ignore"):
         return 20 * np.log10(rms)

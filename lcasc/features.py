@@ -6,6 +6,10 @@ names, sizes and modification times. Changing a parameter or a file recomputes o
 killed extraction resumes at the first chunk not yet written. The chunks are then gathered into one
 memory-mapped ``.npy`` file per feature set, rows grouped by split: training, the fine-tuning and study
 workers all read that one file (each split is a view of it), so the features are never held twice.
+
+Speed: every CPU runs a thread that decodes a few files straight into a buffer it keeps and turns them into
+features while they are in the CPU cache (:func:`_features_of`); the next chunk's work is queued while a
+chunk is written. Most of the time goes into the float64 FFT (``benchmarks/features_speed.py`` measures it).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,25 +107,6 @@ class FeatureSet:
         return len(self.X)
 
 
-def _decode(rec: Recording, params: FeatureParams) -> tuple[np.ndarray | None, str | None]:
-    try:
-        x = audio.load(rec.path, params.sample_rate)
-        return audio.segment(x, params.min_last_segment, params.sample_rate), None
-    except audio.AudioError as e:
-        return None, str(e)
-
-
-def _duration(rec: Recording) -> float:
-    """Seconds of audio in ``rec`` from its header (0 when unreadable: decoding reports the problem later)."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(rec.path))
-        return info.frames / info.samplerate if info.samplerate else 0.0
-    except Exception:  # noqa: BLE001 - any unreadable file is handled (named) when it is decoded
-        return 0.0
-
-
 def chunk_recordings(recs: list[Recording], seconds: list[float], chunk_seconds: float) -> list[list[Recording]]:
     """Cut the (name-sorted) recordings into chunks of about ``chunk_seconds`` of audio.
 
@@ -141,37 +127,100 @@ def chunk_recordings(recs: list[Recording], seconds: list[float], chunk_seconds:
     return chunks
 
 
-def _chunk_key(chunk: list[Recording], params: FeatureParams) -> str:
+def _file_facts(recs: list[Recording], pool: ThreadPoolExecutor) -> list[tuple[float, int, int]]:
+    """(seconds of audio, size in bytes, modification time in ns) of each recording, a few hundred files per
+    task of the pool (one task per file would cost more in scheduling than the work)."""
+    def facts(block: list[Recording]) -> list[tuple[float, int, int]]:
+        out = []
+        for r in block:
+            st = os.stat(r.path)
+            out.append((audio.duration(r.path), st.st_size, st.st_mtime_ns))
+        return out
+
+    return [f for part in pool.map(facts, [recs[s:s + 256] for s in range(0, len(recs), 256)]) for f in part]
+
+
+def _chunk_key(chunk: list[Recording], facts: list[tuple[float, int, int]], params: FeatureParams) -> str:
+    """The cache key of a chunk: the feature parameters and its files' paths, sizes and modification times."""
     h = hashlib.sha256(params.key().encode())
-    for r in chunk:
-        st = r.path.stat()
-        h.update(f"{r.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for r, (_, size, mtime_ns) in zip(chunk, facts):
+        h.update(f"{r.path}\0{size}\0{mtime_ns}\n".encode())
     return h.hexdigest()[:32]
 
 
-def _compute_chunk(chunk: list[Recording], params: FeatureParams, pool: ThreadPoolExecutor) -> dict:
-    segs, owners, positions, errors = [], [], [], []
-    for i, (s, err) in enumerate(pool.map(lambda r: _decode(r, params), chunk)):
-        if err is not None:
-            errors.append(err)
+BLOCK_FILES = 8  # recordings per task of the thread pool (decoded and turned into features in one go)
+BLOCK_SEGMENTS = 8  # segments decoded before their log-mel is computed (in the CPU cache all the while)
+_LOCAL = threading.local()
+
+
+def _features_of(recs: list[Recording], params: FeatureParams) -> tuple[list, list, list[int], list[str]]:
+    """Decode ``recs`` and compute the log-mel and RMS level of their segments, all in this thread: pieces of
+    X and of level_db (in recording order), the number of segments of each recording (0: it was skipped) and
+    one line per skipped file.
+
+    Segments are decoded into a buffer kept per thread and turned into features a few at a time, while
+    they are in the CPU cache; no array of a clip's size is allocated per file (fresh arrays of that size
+    are page-faulted in on every call, which costs more than decoding a clip)."""
+    seg = int(params.sample_rate * audio.SEGMENT_SECONDS)
+    waves = getattr(_LOCAL, "waves", None)
+    if waves is None or waves.shape[1] != seg:
+        waves = _LOCAL.waves = np.empty((4 * BLOCK_SEGMENTS, seg), np.float32)
+        _LOCAL.squares = np.empty((4 * BLOCK_SEGMENTS, seg), np.float64)
+    X, level_db, counts, errors = [], [], [], []
+
+    def add(w: np.ndarray) -> None:
+        for s in range(0, len(w), len(waves)):  # a long recording in blocks: rms_db squares in float64
+            block = w[s:s + len(waves)]
+            X.append(logmel(block, params, workers=1))
+            level_db.append(audio.rms_db(block, work=_LOCAL.squares[:len(block)]))
+
+    rows = 0
+    for rec in recs:
+        if rows >= BLOCK_SEGMENTS:
+            add(waves[:rows])
+            rows = 0
+        try:
+            s = audio.load_segments(rec.path, params.min_last_segment, params.sample_rate, out=waves[rows:])
+        except audio.AudioError as e:
+            errors.append(str(e))
+            counts.append(0)
             continue
-        segs.append(s)
-        owners.append(np.full(len(s), i))
-        positions.append(np.arange(len(s)))
-    # One waveform array, filled recording by recording while each decoded recording is let go: the chunk's
-    # audio is held once, not twice (as np.concatenate of the list would).
-    waves = np.empty((sum(len(s) for s in segs), int(params.sample_rate)), np.float32)
-    row = 0
-    for i in range(len(segs)):
-        waves[row:row + len(segs[i])] = segs[i]
-        row += len(segs[i])
-        segs[i] = None
-    return {"X": logmel(waves, params), "owner": np.concatenate(owners) if owners else np.zeros(0, int),
-            "segment": np.concatenate(positions) if positions else np.zeros(0, int),
-            # in blocks: rms_db works in float64, which would double the chunk's audio twice over at once
-            "level_db": np.concatenate([audio.rms_db(waves[s:s + 256]) for s in range(0, len(waves), 256)])
-            if len(waves) else np.zeros(0),
-            "errors": np.array(errors, dtype=str)}
+        counts.append(len(s))
+        if np.may_share_memory(s, waves):
+            rows += len(s)
+        else:  # a long recording: the segments before it, then it on its own
+            if rows:
+                add(waves[:rows])
+                rows = 0
+            add(s)
+    if rows:
+        add(waves[:rows])
+    return X, level_db, counts, errors
+
+
+def _computed_chunks(chunks: list[list[Recording]], params: FeatureParams, pool: ThreadPoolExecutor):
+    """The features of each of ``chunks``, in order, as dicts of X, owner (index in the chunk), segment,
+    level_db and errors. Each chunk is cut into tasks of :data:`BLOCK_FILES` recordings for the pool's
+    threads; the next chunk's tasks are queued before this one's are gathered, so the threads keep working
+    while the caller writes a chunk to the cache."""
+    def queue(chunk: list[Recording]) -> list:
+        return [pool.submit(_features_of, chunk[s:s + BLOCK_FILES], params) for s in range(0, len(chunk), BLOCK_FILES)]
+
+    ahead = queue(chunks[0]) if chunks else []
+    for i, chunk in enumerate(chunks):
+        current, ahead = ahead, queue(chunks[i + 1]) if i + 1 < len(chunks) else []
+        X, level_db, counts, errors = [], [], [], []
+        for x, levels, n, err in (f.result() for f in current):
+            X += x
+            level_db += levels
+            counts += n
+            errors += err
+        counts = np.array(counts, dtype=np.int64)
+        owner = np.repeat(np.arange(len(chunk)), counts)
+        yield {"X": np.concatenate(X) if X else np.zeros((0, params.n_mels, params.n_frames), np.float32),
+               "owner": owner, "segment": np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts),
+               "level_db": np.concatenate(level_db) if level_db else np.zeros(0),
+               "errors": np.array(errors, dtype=str)}
 
 
 _META = ("owner", "segment", "level_db", "errors")
@@ -228,7 +277,8 @@ def extract(dataset: Dataset, params: FeatureParams = DEFAULT_PARAMS, cache_dir:
     counts them). X is a (copy-on-write) memory map of one ``.npy`` file in the cache (``set-<key>.npy``, keyed by
     the chunks, the splits and ``silence_db``), with rows grouped by split in :data:`SPLIT_ORDER` (recording
     order within a split), so that each split is a view of it. Chunks of about ``chunk_seconds`` of audio are
-    computed (and cached) one at a time, so memory holds one chunk's audio, never the whole dataset.
+    computed (and cached) in order, a few files at a time per thread, so memory holds a few files' audio and
+    two chunks' features, never the whole dataset.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
@@ -239,25 +289,31 @@ def extract(dataset: Dataset, params: FeatureParams = DEFAULT_PARAMS, cache_dir:
 
     torch.set_num_threads(cpu_count())
     with ThreadPoolExecutor(max_workers=cpu_count()) as pool:
-        seconds = list(pool.map(_duration, recs))
-        chunks = chunk_recordings(recs, seconds, chunk_seconds)
+        facts = _file_facts(recs, pool)
+        chunks = chunk_recordings(recs, [f[0] for f in facts], chunk_seconds)
         with tqdm(total=len(recs), desc="features", unit="file", disable=not progress) as bar:
-            base = 0
+            base, todo = 0, []
             for chunk in chunks:
-                keys.append(_chunk_key(chunk, params))
+                keys.append(_chunk_key(chunk, facts[base:base + len(chunk)], params))
                 path = cache / f"logmel-{keys[-1]}.npz"
                 data = _load_chunk(path, with_X=False)
                 if data is None:
-                    data = _compute_chunk(chunk, params, pool)
-                    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                        np.savez(fh, **data)
-                    data = {**{k: data[k] for k in _META}, "n": len(data["X"]), "shape": data["X"].shape[1:]}
-                for err in data["errors"]:
-                    log.warning("skipped: %s", err)
-                    problems.append(str(err))
+                    todo.append(len(parts))
+                else:
+                    bar.update(len(chunk))
                 parts.append((base, path, data))
                 base += len(chunk)
-                bar.update(len(chunk))
+            for i, data in zip(todo, _computed_chunks([chunks[i] for i in todo], params, pool)):
+                base, path, _ = parts[i]
+                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, **data)
+                parts[i] = (base, path, {**{k: data[k] for k in _META}, "n": len(data["X"]),
+                                         "shape": data["X"].shape[1:]})
+                bar.update(len(chunks[i]))
+    for _, _, data in parts:
+        for err in data["errors"]:
+            log.warning("skipped: %s", err)
+            problems.append(str(err))
     owner = np.concatenate([b + d["owner"] for b, _, d in parts]).astype(np.int64)
     level_db = np.concatenate([d["level_db"] for _, _, d in parts]) if parts else np.zeros(0)
     split = np.array([recs[o].split for o in owner], dtype=str)
@@ -309,5 +365,5 @@ def _write_set(path: Path, parts: list, order: np.ndarray, shape: tuple, n_all: 
             # runs of rows that go to consecutive places of the file: one write each
             breaks = np.flatnonzero((np.diff(kept) != 1) | (np.diff(where[kept]) != 1)) + 1
             for run in np.split(kept, breaks):
-                os.pwrite(fd, X[run[0]:run[-1] + 1].tobytes(), header + int(where[run[0]]) * row_bytes)
+                os.pwrite(fd, X[run[0]:run[-1] + 1], header + int(where[run[0]]) * row_bytes)
     return np.load(path, mmap_mode="c")

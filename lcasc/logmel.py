@@ -150,9 +150,10 @@ def _workspace(b: int, n_samples: int, n_frames: int, params: FeatureParams) -> 
             "padded": np.empty((b, n_samples + 2 * (params.n_fft // 2))),
             "frames": np.zeros((b, n_frames, params.n_fft)),
             "spectrum": np.empty((b, n_frames, bins), np.complex128),
-            "magnitude": np.empty((b, n_frames, bins)),
+            "magnitude": np.empty((bins, b * n_frames)),  # transposed: the layout the sparse product reads
         }
-    return {k: v if k == "key" else v[:b] for k, v in ws.items()}  # a smaller (last) block uses the front
+    # a smaller (last) block uses the front
+    return {k: v if k == "key" else v[:, :b * n_frames] if k == "magnitude" else v[:b] for k, v in ws.items()}
 
 
 def _logmel_block(segments: np.ndarray, params: FeatureParams, out: np.ndarray) -> None:
@@ -185,9 +186,10 @@ def _logmel_block(segments: np.ndarray, params: FeatureParams, out: np.ndarray) 
         spectrum = np.fft.rfft(ws["frames"], axis=-1, out=ws["spectrum"])
     else:
         spectrum = scipy.fft.rfft(ws["frames"], axis=-1)
-    magnitude = np.abs(spectrum, out=ws["magnitude"])  # (b, frames, bins)
-    energy = mel @ magnitude.reshape(-1, magnitude.shape[-1]).T  # (n_mels, b * frames); sparse, deterministic
-    out[:] = np.log(energy.reshape(params.n_mels, b, n_frames).transpose(1, 0, 2) + EPS)
+    # (bins, b * frames): written transposed, which costs less than the copy scipy makes of a transposed view
+    magnitude = np.abs(spectrum.reshape(-1, spectrum.shape[-1]).T, out=ws["magnitude"])
+    energy = mel @ magnitude  # (n_mels, b * frames); sparse, deterministic
+    np.log(energy.reshape(params.n_mels, b, n_frames).transpose(1, 0, 2) + EPS, out=out)
 
 
 def logmel(segments: np.ndarray, params: FeatureParams = FeatureParams(), batch: int = 4,

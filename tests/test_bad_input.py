@@ -296,6 +296,31 @@ def test_audio_corpus(case: Case, tmp_path, predictor, run_dir, capsys):
         assert len(json.loads(out)[0]["per_second"]) in seconds_of(case)
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_feature_decoding_is_load_then_segment(case: Case, tmp_path):
+    """audio.load_segments (the features' decoding, straight into a buffer for PCM WAV) gives exactly
+    segment(load(file)), or the same error; audio.duration (the features' chunking, from the WAV header)
+    gives libsndfile's frames / rate, 0 for what libsndfile cannot open."""
+    path = case.build(tmp_path)
+    try:
+        expected = audio.segment(audio.load(path))
+    except audio.AudioError as e:
+        with pytest.raises(audio.AudioError) as got:
+            audio.load_segments(path)
+        assert str(got.value) == str(e)
+    else:
+        buffer = np.full((64, 44100), np.nan, np.float32)  # NaN: padding must be written, not assumed
+        for out in (None, buffer, buffer[:1]):  # no buffer, room for every segment, room for one only
+            got = audio.load_segments(path, out=out)
+            assert got.dtype == np.float32 and np.array_equal(got, expected)
+    try:
+        info = sf.info(str(path))
+        seconds = info.frames / info.samplerate
+    except Exception:  # noqa: BLE001 - whatever libsndfile raises for a file it cannot open
+        seconds = 0.0
+    assert audio.duration(path) == seconds
+
+
 def test_the_whole_corpus_in_one_process(tmp_path, run_dir):
     """One `lcasc predict FOLDER` over every corpus file: a row per usable file, a line per unusable one."""
     folder = tmp_path / "corpus"

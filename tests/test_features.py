@@ -4,11 +4,11 @@ import scipy.signal
 
 from lcasc import audio
 from lcasc.data import default_dataset
-from lcasc.data.datasets import load_csv
+from lcasc.data.datasets import load_csv, load_tau22
 from lcasc.features import extract
 from lcasc.logmel import EPS, FeatureParams, logmel, mel_filterbank
 
-from .conftest import make_csv_dataset, real_clips
+from .conftest import make_csv_dataset, make_tau22, real_clips
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,53 @@ def test_sample_rate_setting_decodes_and_segments_at_that_rate(tmp_path):
     np.testing.assert_allclose(fs.X[0], expected, atol=1e-5)
     with pytest.raises(ValueError, match="fmax"):
         FeatureParams(sample_rate=16_000)  # fmax 22,050 Hz is above the Nyquist frequency of 16 kHz
+
+
+@pytest.mark.parametrize("layout", ["csv", "tau22"])
+def test_features_are_each_files_own_with_a_bad_file_skipped_by_name(tmp_path, layout):
+    """extract() decodes a few files at a time on several threads, straight into buffers it reuses; every
+    recording's rows must still be logmel and RMS level of segment(load(file)), bit for bit, in segment
+    order, whatever chunk or block it fell in; a file that cannot be decoded is skipped, named."""
+    if layout == "csv":  # 5-s Ogg recordings (libsndfile), several chunks
+        bad = tmp_path / "ds" / "bad.wav"
+        bad.parent.mkdir()
+        bad.write_text("these are my notes, not audio\n")
+        ds = load_csv(make_csv_dataset(tmp_path / "ds", per_class=2, extra_rows=[(bad.name, "rain", "train")]))
+    else:  # 1-s 24-bit WAV clips (lcasc's own WAV reader)
+        ds = load_tau22(make_tau22(tmp_path / "ds", per_split=3))
+        bad = sorted(r.path for r in ds.recordings)[5]
+        bad.write_text("these are my notes, not audio\n")
+    fs, problems = extract(ds, cache_dir=tmp_path / "cache", progress=False, chunk_seconds=20.0)
+    assert len(list((tmp_path / "cache").glob("logmel-*.npz"))) > 1
+    assert len(problems) == 1 and str(bad) in problems[0] and "not an audio file" in problems[0]
+    recs = sorted(ds.recordings, key=lambda r: r.name)
+    assert len(np.unique(fs.recording)) == len(recs) - 1
+    for i, rec in enumerate(recs):
+        rows = np.flatnonzero(fs.recording == i)
+        if rec.path == bad:
+            assert len(rows) == 0
+            continue
+        segments = audio.segment(audio.load(rec.path))
+        assert list(fs.segment[rows]) == list(range(len(segments)))
+        np.testing.assert_array_equal(fs.X[rows], logmel(segments))
+        np.testing.assert_array_equal(fs.level_db[rows], audio.rms_db(segments))
+
+
+def test_a_recording_longer_than_a_threads_buffer(tmp_path):
+    """A 70.7-s recording (71 segments, more than the 32 a thread decodes into) after a short one: its rows
+    are still its own logmel and level, whole, in order."""
+    import soundfile as sf
+
+    short, _ = real_clips(1)[0]
+    x = np.tile(audio.load(short), 16)[:44100 * 70 + 30870]
+    sf.write(tmp_path / "long.wav", x, 44100, subtype="PCM_16")
+    (tmp_path / "data.csv").write_text(f"filename,label,split\n{short},rain,train\nlong.wav,rain,train\n")
+    ds = load_csv(tmp_path / "data.csv")
+    fs, problems = extract(ds, cache_dir=tmp_path / "cache", progress=False)
+    assert not problems
+    for i, rec in enumerate(sorted(ds.recordings, key=lambda r: r.name)):
+        rows = np.flatnonzero(fs.recording == i)
+        segments = audio.segment(audio.load(rec.path))
+        assert len(rows) == len(segments) == (71 if rec.path.name == "long.wav" else 5)
+        np.testing.assert_array_equal(fs.X[rows], logmel(segments))
+        np.testing.assert_array_equal(fs.level_db[rows], audio.rms_db(segments))

@@ -155,16 +155,23 @@ def _finish(root: Path, layout: str, recordings: list[Recording], skipped: list[
     return Dataset(root=root, layout=layout, classes=classes, recordings=out, skipped=skipped)
 
 
+def _stem(name: str) -> str:
+    """``Path(name).stem`` of a file name, without building a Path (~10 us each: seconds for TAU22's names)."""
+    base = name.rsplit("/", 1)[-1]
+    dot = base.rfind(".")
+    return base[:dot] if 0 < dot < len(base) - 1 else base
+
+
 def _device_from_name(name: str) -> str:
     """TAU file names end with the device: ``airport-lisbon-1000-40000-0-a.wav`` -> ``a``."""
-    return Path(name).stem.rsplit("-", 1)[-1]
+    return _stem(name).rsplit("-", 1)[-1]
 
 
 def _location(name: str) -> str:
     """The recording location of a TAU file name when ``meta.csv`` has no ``identifier`` column:
     ``airport-lisbon-1000-40000-0-a.wav`` -> ``lisbon-1000``."""
-    parts = Path(name).stem.split("-")
-    return "-".join(parts[1:3]) if len(parts) >= 3 else Path(name).stem
+    parts = _stem(name).split("-")
+    return "-".join(parts[1:3]) if len(parts) >= 3 else _stem(name)
 
 
 def holdout_split(rows: list[tuple[str, str]], groups: dict[str, str], fraction: float = HOLDOUT_FRACTION,
