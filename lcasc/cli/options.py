@@ -46,7 +46,6 @@ def run_options(p: argparse.ArgumentParser, out_flag: str = "--out") -> None:
 
 def run_config(args):
     import math
-
     from pathlib import Path
 
     from lcasc.impulse import ImpulseConfig
