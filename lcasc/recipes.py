@@ -79,7 +79,7 @@ def _train_teacher(run, widths: str) -> tuple[dict, tuple[np.ndarray, ...]]:
         clf = CNNClassifier(run.classes, spec=spec, train_config=replace(run.config.train, kd_lambda=1.0),
                             workdir=folder)
         log.info("kd: training the teacher %s", widths)
-        clf.fit(tr.X, tr.y, va.X, va.y)
+        clf.fit(tr.X, tr.y, va.X, va.y, impulse=run.impulse_copies())
         clf.save(folder)
     from lcasc.train import predict_logits
 

@@ -22,7 +22,8 @@ import numpy as np
 import yaml
 
 from lcasc.data import Dataset, load_dataset
-from lcasc.features import FeatureSet, extract
+from lcasc.features import FeatureSet, default_cache_dir, extract
+from lcasc.impulse import Copies, ImpulseConfig
 from lcasc.io import atomic_path, read_json, write_json, write_yaml
 from lcasc.logmel import FeatureParams
 from lcasc.models.cnn import CNNSpec
@@ -51,6 +52,11 @@ class RunConfig:
     teacher_widths: list[str] = field(default_factory=list)  # kd: wider CNNs the run trains first as teachers
     teacher_ensemble: bool = False  # kd: the paper recipe's six pruned networks (DIR/..) as one more teacher
     teacher_logits: str | None = None  # kd: per-segment teacher logits of the training clips (CSV/NPZ)
+    # device impulse responses (lcasc.impulse): convolved copies of the training features; folder None: off
+    impulse_responses: ImpulseConfig = field(default_factory=ImpulseConfig)
+
+    def __post_init__(self):
+        self.impulse_responses = ImpulseConfig.coerce(self.impulse_responses)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -118,6 +124,13 @@ class Run:
         self.config, self.progress = config, progress
         # Read the dataset's metadata first: a bad dataset must not leave a run directory behind.
         self._dataset: Dataset = load_dataset(config.dataset, config.layout, config.validation)
+        if config.impulse_responses.active:  # and a folder without impulse responses neither
+            from lcasc.impulse import ir_files
+
+            try:
+                ir_files(config.impulse_responses.folder)
+            except ValueError as e:
+                raise RunError(str(e)) from None
         imported = read_json(self.dir / "results.json")
         if imported and imported.get("imported") and imported.get("classes") != self._dataset.classes:
             # `lcasc import` without --dataset: the network's classes are not the (default) dataset's
@@ -125,6 +138,7 @@ class Run:
                            f"the dataset's ({', '.join(self._dataset.classes)}); import it again with --dataset "
                            "PATH into another --out")
         self._features: FeatureSet | None = None
+        self._impulse: tuple[Copies, dict] | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
         _log_to(self.dir / "lcasc.log")
         for tmp in self.dir.rglob(".*.tmp"):  # temporary files of writes a killed run left unfinished
@@ -157,6 +171,27 @@ class Run:
                                  "skipped_files": len(problems), "skipped_rows": len(self.dataset.skipped),
                                  "problems": self.dataset.skipped + problems}
         return self._features
+
+    def impulse_copies(self) -> Copies | None:
+        """The device-impulse-response copies of the training split (computed once, cached beside the
+        features), or None when the run does not use them; ``impulse_summary`` says what they cost."""
+        cfg = self.config.impulse_responses
+        if not cfg.active:
+            return None
+        if self._impulse is None:
+            from lcasc.impulse import compute
+
+            recordings = sorted(self.dataset.recordings, key=lambda r: r.name)  # FeatureSet.recording indexes it
+            try:
+                self._impulse = compute(self.split("train"), recordings, cfg, self.config.features,
+                                        self.config.cache_dir or default_cache_dir(), self.seed, self.progress)
+            except ValueError as e:
+                raise RunError(str(e)) from None
+        return self._impulse[0]
+
+    @property
+    def impulse_summary(self) -> dict | None:
+        return None if self.impulse_copies() is None else self._impulse[1]
 
     def split(self, name: str) -> FeatureSet:
         fs = self.features().subset(self.dataset.aliases.get(name, name))

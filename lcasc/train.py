@@ -99,25 +99,48 @@ class EpochBatches(torch.utils.data.Sampler):
 
 
 class _InMemory(torch.utils.data.Dataset):
-    """Features as one tensor; a memory-mapped float32 X (lcasc.features) is wrapped, not copied."""
+    """Features as one tensor; a memory-mapped float32 X (lcasc.features) is wrapped, not copied.
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, teacher: np.ndarray | None = None):
+    With ``impulse`` (:class:`lcasc.impulse.Copies`), an example is replaced by one of its convolved copies
+    as :func:`lcasc.impulse.draws` says for (``seed``, the current epoch)."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, teacher: np.ndarray | None = None, impulse=None,
+                 seed: int = 0, epoch=lambda: 0):
         self.X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).unsqueeze(1)
         self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
         self.teacher = None if teacher is None else torch.from_numpy(np.asarray(teacher, dtype=np.float32))
+        self.impulse, self.seed, self.epoch = impulse, seed, epoch
+        if impulse is not None:
+            self.copies, self.slot = impulse.open()
+            self._draws = (None, None)  # (epoch, its draws)
 
     def __len__(self):
         return len(self.y)
 
+    def _convolved(self, idx: torch.Tensor) -> torch.Tensor:
+        """The examples ``idx``, those drawn this epoch replaced by their convolved copy."""
+        from lcasc.impulse import draws
+
+        x = self.X[idx]
+        epoch = self.epoch()
+        if self._draws[0] != epoch:
+            self._draws = (epoch, draws(self.seed, epoch, self.slot, len(self.copies), self.impulse.p))
+        chosen = self._draws[1][idx.numpy()]
+        for k in np.unique(chosen[chosen >= 0]):
+            at = np.flatnonzero(chosen == k)
+            x[at, 0] = torch.from_numpy(np.ascontiguousarray(self.copies[k][self.slot[idx.numpy()[at]]]))
+        return x
+
     def __getitem__(self, idx):  # idx is a whole batch of indices
+        x = self.X[idx] if self.impulse is None else self._convolved(idx)
         if self.teacher is None:
-            return self.X[idx], self.y[idx]
-        return self.X[idx], self.y[idx], self.teacher[idx]
+            return x, self.y[idx]
+        return x, self.y[idx], self.teacher[idx]
 
 
 def loader(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool, epoch=lambda: 0,
-           teacher: np.ndarray | None = None):
-    return torch.utils.data.DataLoader(_InMemory(X, y, teacher), batch_size=None,
+           teacher: np.ndarray | None = None, impulse=None):
+    return torch.utils.data.DataLoader(_InMemory(X, y, teacher, impulse, seed, epoch), batch_size=None,
                                        sampler=EpochBatches(len(y), batch_size, seed, shuffle, epoch))
 
 
@@ -216,16 +239,22 @@ class _EpochLog(Callback):
 
 
 def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
-        config: TrainConfig, workdir: str | Path, teacher_logits: np.ndarray | None = None
+        config: TrainConfig, workdir: str | Path, teacher_logits: np.ndarray | None = None, impulse=None
         ) -> tuple[nn.Module, list[dict]]:
     """Train ``net`` in place; returns it with the weights of the lowest validation log-loss, and the history.
 
     ``workdir`` holds ``last.ckpt`` (resumed from if present), ``best.ckpt`` and ``train_log.csv``.
     X: (N, 40, 51) float32, y: (N,) int64; ``teacher_logits`` (N, n_classes): distil from them with
     ``config.kd_lambda`` and ``config.kd_temperature`` (early stopping still watches the validation log-loss).
+    ``impulse`` (:class:`lcasc.impulse.Copies` of these training rows): per example and epoch, with its
+    probability, a device-impulse-response copy is trained on instead (validation is never convolved).
     """
     if teacher_logits is not None and (np.ndim(teacher_logits) != 2 or len(teacher_logits) != len(y)):
         raise ValueError(f"teacher logits of shape {np.shape(teacher_logits)} for {len(y)} training segments")
+    if impulse is not None and impulse.n_train != len(y):
+        raise ValueError(f"impulse-response copies of {impulse.n_train} training segments for {len(y)}")
+    if impulse is not None and impulse.p <= 0:
+        impulse = None  # probability 0: the features as they are
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if len(X) == 0 or len(X_val) == 0:
@@ -249,7 +278,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
         # workdir holds finetune.json (the budget), or the checkpoints of a training being resumed
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(module, loader(X, y, config.batch_size, config.seed, True, lambda: trainer.current_epoch,
-                                        teacher_logits),
+                                        teacher_logits, impulse),
                     loader(X_val, y_val, 1024, config.seed, False),
                     ckpt_path=str(last) if last.is_file() else None)
     state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)

@@ -32,11 +32,23 @@ def run_options(p: argparse.ArgumentParser, out_flag: str = "--out") -> None:
                    help="leave out 1-s segments with RMS below this level (dBFS); pass 'nan' to keep all")
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default $LCASC_CACHE_DIR or "
                                                       "~/.cache/lcasc/features)")
+    g = p.add_argument_group("device impulse responses (CP-JKU's DIR augmentation; off unless a folder is given)")
+    g.add_argument("--impulse-responses", metavar="DIR",
+                   help="folder of device impulse responses (.wav, e.g. MicIRP): --ir-copies copies of the training "
+                        "features are computed once with each training recording convolved with a random one")
+    g.add_argument("--ir-p", type=float, default=0.4, help="probability per training example and epoch of training on "
+                                                         "a convolved copy")
+    g.add_argument("--ir-copies", type=int, default=3, help="convolved copies of the training features (each costs "
+                                                            "the features' size on disk)")
+    g.add_argument("--ir-devices", nargs="+", metavar="DEVICE", default=[],
+                   help="convolve only the training clips of these devices (CP-JKU: a); default: all")
 
 
 def run_config(args):
     import math
+    from pathlib import Path
 
+    from lcasc.impulse import ImpulseConfig
     from lcasc.run import RunConfig
     from lcasc.train import TrainConfig
 
@@ -46,7 +58,10 @@ def run_config(args):
                      train=TrainConfig(max_epochs=args.max_epochs, patience=args.patience, seed=args.seed,
                                        **({"augment": augment_config(args, "paper")} if getattr(
                                            args, "recipe", None) == "paper" else {})),
-                     cache_dir=args.cache_dir)
+                     cache_dir=args.cache_dir,
+                     impulse_responses=ImpulseConfig(
+                         str(Path(args.impulse_responses).expanduser().resolve()) if args.impulse_responses else None,
+                         args.ir_p, args.ir_copies, args.ir_devices))
 
 
 def new_run(args):

@@ -164,7 +164,7 @@ class CNNClassifier:
         self.net = net
         self.train_config, self.workdir, self.history = train_config, workdir, []
 
-    def fit(self, X, y, X_val=None, y_val=None, teacher_logits=None) -> CNNClassifier:
+    def fit(self, X, y, X_val=None, y_val=None, teacher_logits=None, impulse=None) -> CNNClassifier:
         import tempfile
 
         from lcasc.train import TrainConfig, fit
@@ -176,10 +176,10 @@ class CNNClassifier:
             torch.manual_seed(config.seed)
             self.net = LowComplexityCNN.from_spec(self.spec)
         if self.workdir:  # checkpoints kept there (training resumes from them)
-            self.net, self.history = fit(self.net, X, y, X_val, y_val, config, self.workdir, teacher_logits)
+            self.net, self.history = fit(self.net, X, y, X_val, y_val, config, self.workdir, teacher_logits, impulse)
             return self
         with tempfile.TemporaryDirectory(prefix="lcasc-train-") as workdir:  # no folder given: nothing left behind
-            self.net, self.history = fit(self.net, X, y, X_val, y_val, config, workdir, teacher_logits)
+            self.net, self.history = fit(self.net, X, y, X_val, y_val, config, workdir, teacher_logits, impulse)
         return self
 
     def predict_proba(self, X):

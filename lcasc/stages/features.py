@@ -13,6 +13,8 @@ log = logging.getLogger("lcasc")
 def run(run: Run) -> dict:
     """Compute (or load) the features; write ``features/summary.json`` and ``data`` of results.json."""
     run.features()
+    if run.impulse_copies() is not None:  # computed here, once, so that training finds them ready
+        run.data_summary["impulse_responses"] = run.impulse_summary
     write_json(run.dir / "features" / "summary.json", run.data_summary)
     run.update_results(data={k: v for k, v in run.data_summary.items() if k != "problems"})
     s = run.data_summary

@@ -104,7 +104,8 @@ def finetune_all(run: Run, nets: dict, config: TrainConfig) -> None:
     one thread per network makes the result independent of how many run at once (a resumed run fine-tunes
     the rest exactly as an uninterrupted one would have)."""
     tr, va = run.split("train"), run.split("validate")
-    arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y, teacher_logits(run))  # teacher: None for paper
+    # teacher logits: None for the paper recipe; impulse-response copies: None unless asked for
+    arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y, teacher_logits(run), run.impulse_copies())
     workers = min(len(nets), cpu_count())
     jobs = {name: (run.classes, net.spec.to_dict(), net.state_dict(), config, str(run.model_dir(name)), arrays)
             for name, net in nets.items()}

@@ -22,7 +22,7 @@ def run(run: Run, name: str = UNPRUNED) -> CNNClassifier:
     tr, va = run.split("train"), run.split("validate")
     clf = CNNClassifier(run.classes, spec=run.config.spec(len(run.classes)), train_config=run.config.train,
                         workdir=folder)
-    clf.fit(tr.X, tr.y, va.X, va.y, teacher_logits(run))  # teacher logits: None in the paper recipe
+    clf.fit(tr.X, tr.y, va.X, va.y, teacher_logits(run), run.impulse_copies())  # None when not asked for
     clf.save(folder)
     if clf.history:
         plots.training_curves(clf.history, run.figure(f"training_{name}.png"), f"training: {name}")
