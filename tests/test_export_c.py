@@ -142,13 +142,14 @@ def test_host_example_classifies_the_first_second_of_a_wav_file(host_build, tmp_
 
 @needs_cc
 @needs_arm
-def test_cortex_m4_image_prints_the_host_outputs_for_real_clips(host_build):
+@pytest.mark.parametrize("dsp", [True, False], ids=["simd", "portable"])
+def test_cortex_m4_image_prints_the_host_outputs_for_real_clips(host_build, dsp):
     from lcasc.mcu.run_export import int8_inputs
     from lcasc.mcu.toolchain import build_m4, host_logits, host_pcm_logits, run_m4
 
     path, members, pcm = host_build
     inputs = int8_inputs(members, pcm)
-    elf = build_m4(path)
+    elf = build_m4(path, dsp=dsp)  # the SIMD kernels and the portable C fallback: the same bits
     assert elf.is_file()
     measured = run_m4(path)
     assert 39 <= measured["instructions_per_tick"] <= 41  # SysTick at 25 MHz, 1 instruction per ns (-icount 0)

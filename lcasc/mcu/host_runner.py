@@ -3,8 +3,9 @@
 Why: TensorFlow Lite Micro's Python interpreter runs one clip per ``invoke`` (≈ 9 ms for the unpruned
 network here), so evaluating seven networks on TAU22's 71,566 validation and test clips took about an hour.
 The C library of ``lcasc export --format c`` computes what TFLM's reference kernels compute, bit for bit
-(the export and its tests prove it on every test clip), and compiled with ``-O3 -march=native`` it runs
-≈ 7× faster per clip, in as many processes as there are CPUs. LiteRT is not an option: its batched
+(the export and its tests prove it on every test clip), and compiled with ``-O3 -march=native`` it takes
+≈ 0.7 ms per clip and core for the unpruned network (``benchmarks/int8_eval.py``), in as many processes as
+there are CPUs. LiteRT is not an option: its batched
 reference kernels differ from TFLM by one int8 step on some clips (EXPORT-NOTES).
 
 :func:`bulk_classifier` trusts it only after a sample of real clips gave the same int8 logits in TFLM

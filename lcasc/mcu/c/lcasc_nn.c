@@ -60,10 +60,22 @@ static inline int32_t smlad(uint32_t a, uint32_t b, int32_t acc)
 /* sum of a[i] * b[i], i < n: exact in int32 for the layer sizes here, so every evaluation order (and the
  * SIMD one below) gives the same bits. */
 #if !LCASC_DSP
-static inline int32_t dot_s8(const int8_t *a, const int8_t *b, int n, int32_t acc)
+static inline int32_t dot_s8(const int8_t *a, const int16_t *b, int n, int32_t acc)
 {
-    for (int i = 0; i < n; ++i) acc += (int32_t)a[i] * (int32_t)b[i];
+    for (int i = 0; i < n; ++i) acc += (int16_t)a[i] * b[i];
     return acc;
+}
+
+/* two dot products over the same b (its loads shared) */
+static inline void dot2_s8(const int8_t *a0, const int8_t *a1, const int16_t *b, int n, int32_t *s0, int32_t *s1)
+{
+    int32_t x0 = *s0, x1 = *s1;
+    for (int i = 0; i < n; ++i) {
+        x0 += (int16_t)a0[i] * b[i];
+        x1 += (int16_t)a1[i] * b[i];
+    }
+    *s0 = x0;
+    *s1 = x1;
 }
 #endif
 
@@ -216,14 +228,24 @@ static void conv_row(const lcasc_layer_t *L, const int8_t *const *rows, int out_
         out += (1 + two) * cout;
     }
 #else
-    (void)col;
+    /* The window of one pixel gathered into col as the weights are laid out (k rows of span4, the padding
+     * zero), so that each dot product is one loop of k * span4 and two channels share its loads (a compiler
+     * vectorizes it; the sums are exact in int32, so the order does not change the bits). */
+    const int n = k * span4;
+    int16_t *const win = col;
+    memset(win, 0, (size_t)n * sizeof(int16_t));
     for (int x = 0; x < out_w; ++x) {
+        for (int ky = 0; ky < k; ++ky)
+            for (int j = 0; j < span; ++j) win[ky * span4 + j] = rows[ky][x * cin + j];
         const int8_t *w = L->w;
-        for (int co = 0; co < cout; ++co) {
-            int32_t acc = L->bias[co];
-            for (int ky = 0; ky < k; ++ky, w += span4) acc = dot_s8(w, rows[ky] + x * cin, span, acc);
-            out[co] = finish(&F, co, acc);
+        int co = 0;
+        for (; co + 2 <= cout; co += 2, w += 2 * n) {
+            int32_t a0 = L->bias[co], a1 = L->bias[co + 1];
+            dot2_s8(w, w + n, win, n, &a0, &a1);
+            out[co] = finish(&F, co, a0);
+            out[co + 1] = finish(&F, co + 1, a1);
         }
+        if (co < cout) out[co] = finish(&F, co, dot_s8(w, win, n, L->bias[co]));
         out += cout;
     }
 #endif
