@@ -36,9 +36,16 @@ def round_half_away(v: np.ndarray) -> np.ndarray:
     return np.sign(v) * np.floor(np.abs(v) + 0.5)
 
 
-def quantize_int8(X: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Float values -> int8 ``round(x / scale) + zero_point``, saturated to [-128, 127]."""
-    return np.clip(round_half_away(np.asarray(X, np.float64) / scale) + zero_point, -128, 127).astype(np.int8)
+def quantize_int8(X: np.ndarray, scale: float, zero_point: int, block: int = 1 << 20) -> np.ndarray:
+    """Float values -> int8 ``round(x / scale) + zero_point``, saturated to [-128, 127]. Computed in float64
+    ``block`` values at a time: a whole TAU22 split at once took several GB of float64 temporaries."""
+    X = np.asarray(X)
+    flat, out = X.reshape(-1), np.empty(X.shape, np.int8)
+    dst = out.reshape(-1)
+    for start in range(0, flat.size, block):
+        part = flat[start:start + block].astype(np.float64) / scale
+        dst[start:start + block] = np.clip(round_half_away(part) + zero_point, -128, 127)
+    return out
 
 
 def dequantize_int8(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
