@@ -23,7 +23,7 @@ import yaml
 
 from lcasc.data import Dataset, load_dataset
 from lcasc.features import FeatureSet, default_cache_dir, extract
-from lcasc.impulse import Copies, ImpulseConfig
+from lcasc.impulse import Copies, ImpulseConfig, compute, ir_files
 from lcasc.io import atomic_path, read_json, write_json, write_yaml
 from lcasc.logmel import FeatureParams
 from lcasc.models.cnn import CNNSpec
@@ -125,8 +125,6 @@ class Run:
         # Read the dataset's metadata first: a bad dataset must not leave a run directory behind.
         self._dataset: Dataset = load_dataset(config.dataset, config.layout, config.validation)
         if config.impulse_responses.active:  # and a folder without impulse responses neither
-            from lcasc.impulse import ir_files
-
             try:
                 ir_files(config.impulse_responses.folder)
             except ValueError as e:
@@ -179,8 +177,6 @@ class Run:
         if not cfg.active:
             return None
         if self._impulse is None:
-            from lcasc.impulse import compute
-
             recordings = sorted(self.dataset.recordings, key=lambda r: r.name)  # FeatureSet.recording indexes it
             try:
                 self._impulse = compute(self.split("train"), recordings, cfg, self.config.features,
