@@ -10,7 +10,6 @@ to 1e-12), in small blocks of segments on all CPUs: pocketfft on pre-padded fram
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import threading
@@ -26,7 +25,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from lcasc.workers import cpu_count
 
 EPS = float(np.spacing(1))
-FORMAT_VERSION = 2  # of the features: a change of the numbers computed here bumps it (and the caches' keys)
+EPS32 = np.float32(EPS)  # 2.2e-16 is a normal float32 number: the same eps, in the computation's type
+FORMAT_VERSION = 3  # of the features: a change of the numbers computed here bumps it (and the caches' keys)
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,12 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's t
 
 
 def _filters(params: FeatureParams) -> tuple[np.ndarray, scipy.sparse.csr_matrix]:
-    """(win_length,) float64 analysis window and the (n_mels, 1 + n_fft // 2) Slaney mel filterbank, sparse:
+    """(win_length,) float32 analysis window and the (n_mels, 1 + n_fft // 2) float32 Slaney mel filterbank, sparse:
     each FFT bin falls in at most two triangles, so a sparse product does ~2 instead of 40 MACs per bin."""
     if params not in _FILTERS:
-        window = scipy.signal.get_window(params.window, params.win_length, fftbins=True).astype(np.float64)
+        window = scipy.signal.get_window(params.window, params.win_length, fftbins=True).astype(np.float32)
         mel = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
-        _FILTERS[params] = (window, scipy.sparse.csr_matrix(mel.astype(np.float64)))
+        _FILTERS[params] = (window, scipy.sparse.csr_matrix(mel))
     return _FILTERS[params]
 
 
@@ -122,19 +122,8 @@ def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int, fmin: float = 0.
 _LOCAL = threading.local()
 
 
-def _rfft_takes_out() -> bool:
-    """numpy >= 2 writes FFT output into a given array (same pocketfft algorithm as scipy.fft, same numbers)."""
-    try:
-        return "out" in inspect.signature(np.fft.rfft).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-_FFT_OUT = _rfft_takes_out()
-
-
 def _workspace(b: int, n_samples: int, n_frames: int, params: FeatureParams) -> dict[str, np.ndarray]:
-    """Per-thread float64 buffers for a block of ``b`` segments, reused from call to call.
+    """Per-thread float32 buffers for a block of ``b`` segments, reused from call to call.
 
     Why: a fresh multi-MB array per step costs more than the step itself here, because glibc hands large
     blocks back to the kernel when they are freed and the next block page-faults them in again (measured:
@@ -147,17 +136,16 @@ def _workspace(b: int, n_samples: int, n_frames: int, params: FeatureParams) -> 
         bins = params.n_fft // 2 + 1
         ws = _LOCAL.workspace = {
             "key": key,
-            "padded": np.empty((b, n_samples + 2 * (params.n_fft // 2))),
-            "frames": np.zeros((b, n_frames, params.n_fft)),
-            "spectrum": np.empty((b, n_frames, bins), np.complex128),
-            "magnitude": np.empty((bins, b * n_frames)),  # transposed: the layout the sparse product reads
+            "padded": np.empty((b, n_samples + 2 * (params.n_fft // 2)), np.float32),
+            "frames": np.zeros((b, n_frames, params.n_fft), np.float32),
+            "magnitude": np.empty((bins, b * n_frames), np.float32),  # transposed: what the sparse product reads
         }
     # a smaller (last) block uses the front
     return {k: v if k == "key" else v[:, :b * n_frames] if k == "magnitude" else v[:b] for k, v in ws.items()}
 
 
 def _logmel_block(segments: np.ndarray, params: FeatureParams, out: np.ndarray) -> None:
-    """(b, L) waveforms -> ``out`` (b, n_mels, 1 + L // hop) float32; float64 throughout.
+    """(b, L) waveforms -> ``out`` (b, n_mels, 1 + L // hop) float32; float32 throughout.
 
     Equal to ``torch.stft``/librosa with ``center=True``, reflect padding and the window centred in
     ``n_fft``: each frame's ``win_length`` windowed samples go to the *start* of a zero ``n_fft`` buffer
@@ -171,25 +159,23 @@ def _logmel_block(segments: np.ndarray, params: FeatureParams, out: np.ndarray) 
     n_frames = 1 + n // params.hop_length
     ws = _workspace(b, n, n_frames, params)
     padded = ws["padded"]
-    # + EPS as the DCASE baseline (no log(0) on digital silence), in float64; then reflect padding by hand
-    # (what np.pad(mode="reflect") does, without allocating).
+    # + EPS as the DCASE baseline (no log(0) on digital silence); then reflect padding by hand (what
+    # np.pad(mode="reflect") does, without allocating).
     if n > half + 1:
-        np.add(segments, EPS, out=padded[:, half:half + n], dtype=np.float64)
+        np.add(segments, EPS32, out=padded[:, half:half + n], dtype=np.float32)
         padded[:, :half] = padded[:, 2 * half:half:-1]
         padded[:, half + n:] = padded[:, half + n - 2:n - 2:-1]
     else:  # shorter than half a frame: reflections of reflections, as np.pad does them
-        padded[:] = np.pad(np.asarray(segments, np.float64) + EPS, ((0, 0), (half, half)), mode="reflect")
+        padded[:] = np.pad(np.asarray(segments, np.float32) + EPS32, ((0, 0), (half, half)), mode="reflect")
     offset = (params.n_fft - params.win_length) // 2  # where librosa puts the window inside n_fft
     frames = sliding_window_view(padded, params.win_length, axis=1)[:, offset::params.hop_length][:, :n_frames]
     np.multiply(frames, window, out=ws["frames"][..., :params.win_length])
-    if _FFT_OUT:
-        spectrum = np.fft.rfft(ws["frames"], axis=-1, out=ws["spectrum"])
-    else:
-        spectrum = scipy.fft.rfft(ws["frames"], axis=-1)
+    spectrum = scipy.fft.rfft(ws["frames"], axis=-1)  # complex64 for float32 frames
     # (bins, b * frames): written transposed, which costs less than the copy scipy makes of a transposed view
     magnitude = np.abs(spectrum.reshape(-1, spectrum.shape[-1]).T, out=ws["magnitude"])
-    energy = mel @ magnitude  # (n_mels, b * frames); sparse, deterministic
-    np.log(energy.reshape(params.n_mels, b, n_frames).transpose(1, 0, 2) + EPS, out=out)
+    energy = mel @ magnitude  # (n_mels, b * frames) float32; sparse, deterministic
+    energy += EPS32
+    np.log(energy.reshape(params.n_mels, b, n_frames).transpose(1, 0, 2), out=out)
 
 
 def logmel(segments: np.ndarray, params: FeatureParams = FeatureParams(), batch: int = 4,
