@@ -109,6 +109,7 @@ def _not_audio_reason(path: Path) -> str | None:
 
 _PCM_GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"  # KSDATAFORMAT_SUBTYPE_PCM
 FAST_WAV_MAX_BYTES = 64 << 20
+_PAGE = 4096
 _LOCAL = threading.local()
 
 
@@ -117,20 +118,30 @@ def _warn_truncated(path: Path, announced: int, got: int, rate: int) -> None:
                 path, announced / rate, got / rate)
 
 
+def _page_aligned(n_bytes: int) -> memoryview:
+    """A writable buffer of ``n_bytes`` that starts at a page boundary."""
+    raw = np.empty(n_bytes + _PAGE, np.uint8)
+    start = -raw.ctypes.data % _PAGE
+    return memoryview(raw[start:start + n_bytes])
+
+
 def _file_bytes(path: Path) -> memoryview | None:
     """The bytes of ``path`` in a buffer kept per thread (valid until this thread's next call), or None when the
     file is larger than :data:`FAST_WAV_MAX_BYTES`.
 
     Why a kept buffer: a fresh bytes object per file is allocated by mmap and page-faulted in (~90 us for a
-    1-s clip, as long as decoding it)."""
-    with open(path, "rb") as fh:
+    1-s clip, as long as decoding it). Why page-aligned: the kernel copies the file from the page cache, whose
+    pages are page-aligned, and that copy ran ~3x slower into a buffer that starts a few bytes past a page
+    boundary (measured here, AMD EPYC: 59 vs 18 us for a 130 kB clip; a bytearray's data starts 16 to 32 bytes
+    into its page)."""
+    with open(path, "rb", buffering=0) as fh:
         n_bytes = os.fstat(fh.fileno()).st_size
         if n_bytes > FAST_WAV_MAX_BYTES:
             return None
         buf = getattr(_LOCAL, "wav", None)
         if buf is None or len(buf) < n_bytes:
-            buf = _LOCAL.wav = bytearray(max(n_bytes, 1 << 20))
-        return memoryview(buf)[:fh.readinto(memoryview(buf)[:n_bytes])]
+            buf = _LOCAL.wav = _page_aligned(max(n_bytes, 1 << 20))
+        return buf[:fh.readinto(buf[:n_bytes])]
 
 
 def _pcm_wav_layout(data: memoryview, path: Path, file_size: int | None = None
@@ -296,7 +307,7 @@ def load_segments(path: str | Path, min_last: float = 0.5, sample_rate: int = SA
     changes nothing for such a file (``to_mono_44k`` has nothing to do), so this is ``load`` without its
     copies. Any other file, and any problem (named in an :class:`AudioError`), goes through :func:`load`.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # Path(a Path) parses it again: ~10 us a file
     seg = int(sample_rate * SEGMENT_SECONDS)
     if path.suffix.lower() in (".wav", ".wave"):
         try:
@@ -322,7 +333,7 @@ def duration(path: str | Path) -> float:
 
     PCM WAV headers are read here (~20 us a file); other files ask libsndfile (~170 us: it opens the
     whole decoder). Both count the whole frames the file holds."""
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     try:
         if path.suffix.lower() in (".wav", ".wave"):
             with open(path, "rb") as fh:
@@ -339,7 +350,10 @@ def duration(path: str | Path) -> float:
 def rms_db(segments: np.ndarray, work: np.ndarray | None = None) -> np.ndarray:
     """(n, samples) -> (n,) RMS level in dB relative to full scale (-inf for digital silence).
 
-    ``work``: an (n, samples) float64 array to square the samples into (else one is allocated)."""
-    rms = np.sqrt(np.mean(np.square(segments, out=work, dtype=np.float64), axis=1))
+    The squares are float32 and summed pairwise (numpy's sum of a contiguous row): within ~1e-7 of a float64
+    sum, ~2x faster. ``work``: an (n, samples) float32 array to square the samples into (else one is
+    allocated)."""
+    squares = np.square(segments, out=work, dtype=np.float32)
+    rms = np.sqrt(squares.sum(axis=1, dtype=np.float32).astype(np.float64) / squares.shape[1])
     with np.errstate(divide="ignore"):
         return 20 * np.log10(rms)

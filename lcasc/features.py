@@ -165,11 +165,11 @@ def _features_of(recs: list[Recording], params: FeatureParams) -> tuple[list, li
     waves = getattr(_LOCAL, "waves", None)
     if waves is None or waves.shape[1] != seg:
         waves = _LOCAL.waves = np.empty((4 * BLOCK_SEGMENTS, seg), np.float32)
-        _LOCAL.squares = np.empty((4 * BLOCK_SEGMENTS, seg), np.float64)
+        _LOCAL.squares = np.empty((4 * BLOCK_SEGMENTS, seg), np.float32)
     X, level_db, counts, errors = [], [], [], []
 
     def add(w: np.ndarray) -> None:
-        for s in range(0, len(w), len(waves)):  # a long recording in blocks: rms_db squares in float64
+        for s in range(0, len(w), len(waves)):  # a long recording in blocks of the buffers' size
             block = w[s:s + len(waves)]
             X.append(logmel(block, params, workers=1))
             level_db.append(audio.rms_db(block, work=_LOCAL.squares[:len(block)]))
