@@ -3,9 +3,11 @@
 Each side runs in its own process (``PYTHONPATH`` pointing at its ``lcasc``) with a fresh, empty feature
 cache, turns by turn (reference, this checkout, reference, ...), and reports: seconds to import lcasc and
 load the dataset, seconds and CPU seconds of :func:`lcasc.features.extract` (all threads), clips/s, peak
-resident memory of the process. The feature sets of both sides are then compared (X, and every per-segment
-array): the numbers must be identical. All files are read once before the first turn, so the operating
-system's page cache is warm for every side alike (the decode cost measured is lcasc's, not the disk's).
+resident memory of the process. The feature sets of both sides are then compared: every per-segment label,
+index and name must be identical; X and the RMS levels are reported by their largest difference (a reference
+before lcasc's float32 log-mel computed in float64: up to ~1e-3 in X, ~1e-6 dB in the levels). All files
+are read once before the first turn, so the operating system's page cache is warm for every side alike (the
+decode cost measured is lcasc's, not the disk's).
 
 CPU seconds per clip are the figure to compare on a shared machine: wall time also counts the other
 processes' share of the CPUs (the load average before and after each turn is printed).
@@ -67,8 +69,9 @@ def run_side(package_root: Path, dataset: str, layout: str, cache: Path) -> dict
 
 
 def same_features(a: dict, b: dict) -> dict:
-    """Whether the two runs' feature sets are identical: X (and its max abs difference), and every per-segment
-    array (label, recording, segment, split, device, RMS level), the recording names and the skipped files."""
+    """How the two runs' feature sets differ: X (identical, and its largest absolute difference), the RMS
+    levels (largest difference, dB), and whether every other per-segment array (label, recording, segment,
+    split, device), the recording names and the skipped files are identical."""
     xa, xb = np.load(a["set"], mmap_mode="r"), np.load(b["set"], mmap_mode="r")
     if xa.shape != xb.shape:
         return {"same_shape": False, "shapes": [xa.shape, xb.shape]}
@@ -78,10 +81,11 @@ def same_features(a: dict, b: dict) -> dict:
     with np.load(Path(a["cache"]) / "segments.npz") as ma, np.load(Path(b["cache"]) / "segments.npz") as mb:
         # the embedded data's paths differ between the two package folders; the rest must not
         problems = [[str(m).split("lcasc/_data/")[-1] for m in z["problems"]] for z in (ma, mb)]
-        segments_equal = all(np.array_equal(ma[k], mb[k]) for k in ma.files if k != "problems") \
+        segments_equal = all(np.array_equal(ma[k], mb[k]) for k in ma.files if k not in ("problems", "level_db")) \
             and problems[0] == problems[1]
+        level_diff = float(np.max(np.abs(ma["level_db"] - mb["level_db"]), initial=0.0))
     return {"same_shape": True, "X_identical": identical, "X_max_abs_diff": diff,
-            "segments_identical": segments_equal}
+            "level_db_max_abs_diff": level_diff, "segments_identical": segments_equal}
 
 
 def main() -> None:
