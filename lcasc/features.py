@@ -9,7 +9,7 @@ workers all read that one file (each split is a view of it), so the features are
 
 Speed: every CPU runs a thread that decodes a few files straight into a buffer it keeps and turns them into
 features while they are in the CPU cache (:func:`_features_of`); the next chunk's work is queued while a
-chunk is written. Most of the time goes into the float64 FFT (``benchmarks/features_speed.py`` measures it).
+chunk is written. The FFT takes the largest share of the time (``benchmarks/features_speed.py`` measures it).
 """
 
 from __future__ import annotations
