@@ -125,22 +125,34 @@ def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int, fmin: float = 0.
 
 _LOCAL = threading.local()
 
-try:  # scipy.fft's pocketfft binding, which (unlike scipy.fft.rfft) writes into a given array of any layout
-    from scipy.fft._pocketfft.pypocketfft import r2c as _r2c
-except ImportError:  # pragma: no cover - another scipy: the public function and a copy
-    _r2c = None
+def _pocketfft_r2c():
+    """scipy.fft's pocketfft binding, which (unlike ``scipy.fft.rfft``) writes into a given array of any
+    layout; None when this scipy's does not (then :func:`_rfft_columns` copies)."""
+    try:
+        from scipy.fft._pocketfft.pypocketfft import r2c
+
+        frames = np.arange(8, dtype=np.float32).reshape(2, 4)
+        out = np.empty((3, 2), np.complex64)
+        r2c(frames, (1,), True, 0, out.T, 1)  # the call _rfft_columns makes
+        return r2c if np.allclose(out.T, np.fft.rfft(frames, axis=-1)) else None
+    except Exception:  # noqa: BLE001 - a private module: any change of it means the public function
+        return None
 
 
-def _rfft(frames: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``scipy.fft.rfft(frames, axis=-1)`` written into ``out`` (any strides); returns ``out.T``.
+_R2C = _pocketfft_r2c()
 
-    Why into a transposed ``out``: the sparse mel product reads (bins, frames); written so by pocketfft, the
-    magnitude is a contiguous pass (taking it from a transposed view instead cost ~40 us a clip more)."""
-    if _r2c is not None:
-        _r2c(frames, (frames.ndim - 1,), True, 0, out, 1)
-    else:
-        out[...] = scipy.fft.rfft(frames, axis=-1)
-    return out.T
+
+def _rfft_columns(frames: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The real FFT of each row of ``frames`` (rows, n_fft) float32 into the columns of ``out``
+    (1 + n_fft // 2, rows) complex64.
+
+    Why columns: the sparse mel product reads (bins, frames); written so by pocketfft, the magnitude is a
+    contiguous pass (taking it from a transposed view instead cost ~40 us a clip more)."""
+    if _R2C is not None:
+        _R2C(frames, (1,), True, 0, out.T, 1)
+    else:  # pragma: no cover - another scipy
+        out[...] = scipy.fft.rfft(frames, axis=-1).T
+    return out
 
 
 def _workspace(b: int, n_samples: int, n_frames: int, params: FeatureParams) -> dict[str, np.ndarray]:
@@ -159,7 +171,7 @@ def _workspace(b: int, n_samples: int, n_frames: int, params: FeatureParams) -> 
             "key": key,
             "padded": np.empty((b, n_samples + 2 * (params.n_fft // 2)), np.float32),
             "frames": np.zeros((b, n_frames, params.n_fft), np.float32),
-            "spectrum": np.empty((bins, b * n_frames), np.complex64),  # transposed: see _logmel_block
+            "spectrum": np.empty((bins, b * n_frames), np.complex64),  # transposed: see _rfft_columns
             "magnitude": np.empty((bins, b * n_frames), np.float32),
         }
     # a smaller (last) block uses the front
@@ -193,8 +205,7 @@ def _logmel_block(segments: np.ndarray, params: FeatureParams, out: np.ndarray) 
     offset = (params.n_fft - params.win_length) // 2  # where librosa puts the window inside n_fft
     frames = sliding_window_view(padded, params.win_length, axis=1)[:, offset::params.hop_length][:, :n_frames]
     np.multiply(frames, window, out=ws["frames"][..., :params.win_length])
-    # (bins, b * frames), the layout the sparse product reads: pocketfft writes it transposed
-    spectrum = _rfft(ws["frames"].reshape(b * n_frames, -1), ws["spectrum"].T)
+    spectrum = _rfft_columns(ws["frames"].reshape(b * n_frames, -1), ws["spectrum"])  # (bins, b * frames)
     magnitude = np.abs(spectrum, out=ws["magnitude"])
     energy = mel @ magnitude  # (n_mels, b * frames) float32; sparse, deterministic
     energy += EPS32
