@@ -11,7 +11,7 @@ from lcasc.data.datasets import load_csv, load_tau22
 from lcasc.features import _file_facts, extract
 from lcasc.logmel import EPS, FeatureParams, logmel, mel_filterbank
 
-from .conftest import make_csv_dataset, make_tau22, real_clips
+from .conftest import FLOAT32_TOLERANCE, make_csv_dataset, make_tau22, real_clips
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,6 @@ def librosa_logmel(librosa, x: np.ndarray, dtype=np.float64) -> np.ndarray:
                                window=window, center=True, pad_mode="reflect"))
     mel = librosa.filters.mel(sr=44100, n_fft=2048, n_mels=40, fmin=0, fmax=22050, dtype=dtype)
     return np.log(mel @ spec + dtype(EPS))
-
-
-# lcasc computes in float32, as librosa does on the baseline's float32 audio. A float32 STFT's rounding error
-# is about 1e-7 of a frame's largest bins, so the log of a band far quieter than the rest of its frame is off
-# by more: on 5,000 TAU22-like 1-s clips (benchmarks/scale.py's tree) lcasc missed librosa's float64 result by
-# up to 6.1e-4 and librosa's own float32 path by up to 1.5e-3 (on the embedded clips: 1.9e-4 and 2.6e-4).
-FLOAT32_TOLERANCE = 2e-3
 
 
 # The run's settings first, then other rates, sizes and band limits (fmax None: sample_rate / 2).

@@ -16,7 +16,7 @@ from lcasc.impulse import ImpulseConfig
 from lcasc.logmel import logmel
 from lcasc.run import Run, RunConfig, RunError
 from lcasc.train import _InMemory
-from tests.conftest import make_csv_dataset
+from tests.conftest import FLOAT32_TOLERANCE, make_csv_dataset
 
 SR = 44_100
 
@@ -57,8 +57,8 @@ def test_a_unit_impulse_leaves_the_features_unchanged(tmp_path, data):
     X = run.split("train").X
     copies, slot = c.open()
     assert len(copies) == 2 and (slot == np.arange(len(X))).all()
-    for k in range(2):
-        np.testing.assert_allclose(copies[k], X, atol=1e-4)
+    for k in range(2):  # the convolution moves samples by rounding only: the float32 log-mel's own tolerance
+        np.testing.assert_allclose(copies[k], X, atol=FLOAT32_TOLERANCE)
 
 
 def test_device_responses_change_the_features_but_not_their_shape_or_the_labels(tmp_path, data):
