@@ -117,35 +117,49 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def tree_memory(pid: int) -> tuple[float, float]:
-    """(PSS, RSS) in bytes of ``pid`` and its descendants, summed. PSS divides each shared page (a memory-mapped
-    feature file read by several workers, libraries) among the processes that map it, so its sum is the memory
-    the process tree really occupies; the RSS sum counts shared pages once per process."""
-    pss = rss = 0
+def tree_memory(pid: int, per_process: list | None = None) -> tuple[float, float, float]:
+    """(PSS, anonymous PSS, RSS) in bytes of ``pid`` and its descendants, summed. PSS divides each shared page
+    (a memory-mapped feature file read by several workers, libraries) among the processes that map it, so its
+    sum is the memory the process tree really occupies; of it, the anonymous part (heaps, tensors, Python
+    objects) must stay in RAM, while file-backed pages (the memory-mapped features, code) are page cache the
+    kernel can drop and read again. The RSS sum counts shared pages once per process. ``per_process``, if
+    given, receives (pid, PSS, anonymous PSS) in bytes of each process."""
+    pss = anon = rss = 0
     for p in _tree(pid):
         try:
             text = Path(f"/proc/{p}/smaps_rollup").read_text()
         except OSError:
             continue
-        for line in text.splitlines():
-            if line.startswith("Pss:"):
-                pss += int(line.split()[1]) * 1024
-            elif line.startswith("Rss:"):
-                rss += int(line.split()[1]) * 1024
-    return pss, rss
+        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in text.splitlines()
+                  if line.startswith(("Pss:", "Pss_Anon:", "Rss:"))}
+        pss, anon, rss = pss + fields.get("Pss", 0), anon + fields.get("Pss_Anon", 0), rss + fields.get("Rss", 0)
+        if per_process is not None:
+            per_process.append((p, fields.get("Pss", 0), fields.get("Pss_Anon", 0)))
+    return pss, anon, rss
 
 
-def run_stage(args: list[str], interval: float = 0.5) -> tuple[float, float, float, int]:
-    """Run ``python -m lcasc ARGS``; (seconds, peak PSS and peak RSS in GB of the process tree — it and its
-    worker processes, summed, sampled every ``interval`` s — and the exit code)."""
+def run_stage(args: list[str], interval: float = 0.5) -> dict:
+    """Run ``python -m lcasc ARGS``; its seconds, CPU seconds (it and the workers it waited for), peak PSS,
+    anonymous PSS and RSS in GB of the process tree (it and its worker processes, summed, sampled every
+    ``interval`` s) and the exit code."""
     t0 = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen([sys.executable, "-m", "lcasc", *args], stdout=subprocess.DEVNULL)
-    peak_pss = peak_rss = 0.0
+    peak, at_peak = [0.0, 0.0, 0.0], []
     while proc.poll() is None:
-        pss, rss = tree_memory(proc.pid)
-        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+        procs: list = []
+        now = tree_memory(proc.pid, procs)
+        if now[0] > peak[0]:
+            at_peak = procs
+        peak = [max(a, b) for a, b in zip(peak, now)]
         time.sleep(interval)
-    return time.perf_counter() - t0, peak_pss / 1e9, peak_rss / 1e9, proc.returncode
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    return {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu, 1),
+            "peak_pss_gb": round(peak[0] / 1e9, 2), "peak_anon_gb": round(peak[1] / 1e9, 2),
+            "peak_rss_sum_gb": round(peak[2] / 1e9, 2), "exit": proc.returncode,
+            # at the PSS peak: [PSS, anonymous PSS] in GB of the stage's process, then of each worker
+            "at_peak_gb": [[round(p / 1e9, 2), round(a / 1e9, 2)] for _, p, a in at_peak]}
 
 
 def main() -> None:
@@ -172,11 +186,12 @@ def main() -> None:
             cmd = ["-q", "prune", "--run", str(run_dir)]
         else:
             cmd = ["-q", stage, "--run", str(run_dir)]
-        seconds, pss, rss, code = run_stage(cmd)
-        results.append({"stage": stage, "seconds": round(seconds, 1), "peak_pss_gb": round(pss, 2),
-                        "peak_rss_sum_gb": round(rss, 2), "exit": code})
-        print(f"{stage:<10} {seconds:8.1f} s   peak memory {pss:5.2f} GB (PSS; RSS summed over processes "
-              f"{rss:5.2f} GB)" + (f"   EXIT {code}" if code else ""), flush=True)
+        r = {"stage": stage, **run_stage(cmd)}
+        results.append(r)
+        code = r["exit"]
+        print(f"{stage:<10} {r['seconds']:8.1f} s ({r['cpu_seconds']:8.1f} CPU s)   peak memory "
+              f"{r['peak_pss_gb']:5.2f} GB PSS, of it {r['peak_anon_gb']:5.2f} GB anonymous (RSS summed over "
+              f"processes {r['peak_rss_sum_gb']:5.2f} GB)" + (f"   EXIT {code}" if code else ""), flush=True)
         if code:
             break
     summary = json.loads((run_dir / "features" / "summary.json").read_text()) if (run_dir / "features").is_dir() \
@@ -193,6 +208,7 @@ def main() -> None:
         print(f"train: {epochs} epoch(s), {train['seconds'] / max(1, epochs):.0f} s per epoch "
               "(including validation and process start)")
     print(f"peak memory over the stages: {max(r['peak_pss_gb'] for r in results):.2f} GB PSS, "
+          f"{max(r['peak_anon_gb'] for r in results):.2f} GB anonymous PSS, "
           f"{max(r['peak_rss_sum_gb'] for r in results):.2f} GB RSS summed; this process "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
     print(json.dumps(results))

@@ -1,12 +1,12 @@
 """Training throughput of the paper's CNN: lcasc's training (:func:`lcasc.train.fit`) against a plain PyTorch loop.
 
 Both train the same network (same initial weights) with the same recipe (Adam 1e-3, batch 64, cross-entropy,
-one validation pass per epoch at batch 1024), on the same real features (the embedded ESC-10 log-mel, repeated
-to ``--segments``) in the same shuffled batches (lcasc's sampler), in one process, one after the other,
-``--repeats`` times alternately (fair under a shared machine's changing load). Printed: training segments per
-second of each epoch after the first (the first holds torch.compile's one-off cost, printed apart), their
-medians and the ratio, and each loop's final validation log-loss and accuracy (equal in distribution: the
-compiled step computes the same function, in another order of floating-point operations).
+one validation pass per epoch in batches of INFERENCE_BATCH), on the same real features (the embedded ESC-10
+log-mel, repeated to ``--segments``) in the same shuffled batches (lcasc's sampler), in one process, one after
+the other, ``--repeats`` times alternately (fair under a shared machine's changing load). Printed: training
+segments per second of each epoch after the first (the first holds torch.compile's one-off cost, printed
+apart), their medians and the ratio, and each loop's final validation log-loss and accuracy (equal in
+distribution: the compiled step computes the same function, in another order of floating-point operations).
 
 Run: python benchmarks/train_throughput.py [--segments N] [--epochs N] [--repeats N] [--compile auto|on|off]
 """
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from lcasc.data import load_dataset
 from lcasc.features import extract
-from lcasc.models.cnn import LowComplexityCNN
+from lcasc.models.cnn import INFERENCE_BATCH, LowComplexityCNN
 from lcasc.train import TrainConfig, fit, loader, use_compile
 from lcasc.workers import cpu_count
 
@@ -35,7 +35,7 @@ def plain_loop(X, y, Xv, yv, epochs: int) -> tuple[list[float], float, float]:
     torch.manual_seed(0)
     net = LowComplexityCNN()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    train, val = loader(X, y, 64, 0, True), loader(Xv, yv, 1024, 0, False)
+    train, val = loader(X, y, 64, 0, True), loader(Xv, yv, INFERENCE_BATCH, 0, False)
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()

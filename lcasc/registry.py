@@ -139,17 +139,17 @@ def _fused(run_dir: Path, entry: dict, classes: list[str], backend: str) -> Runn
 class _TorchCNN:
     """A float :class:`lcasc.models.cnn.LowComplexityCNN` prepared for inference only: BatchNorm folded into
     its convolution (one op fewer per layer), channels-last memory (oneDNN's fast layout for 3x3
-    convolutions), ``torch.inference_mode``, large batches. Same function as the trained network (float
-    rounding apart, < 1e-6 in probability)."""
+    convolutions), ``torch.inference_mode``, batches of ``INFERENCE_BATCH``. Same function as the trained
+    network (float rounding apart, < 1e-6 in probability)."""
 
-    def __init__(self, folder: Path, batch_size: int = 1024):
+    def __init__(self, folder: Path, batch_size: int | None = None):
         import copy
 
         import torch
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         from lcasc.models import graph
-        from lcasc.models.cnn import CNNClassifier
+        from lcasc.models.cnn import INFERENCE_BATCH, CNNClassifier
 
         clf = CNNClassifier.load(folder)
         net = copy.deepcopy(clf.net).eval()
@@ -158,7 +158,7 @@ class _TorchCNN:
             setattr(net, conv, fuse_conv_bn_eval(getattr(net, conv), getattr(net, bn)))
             setattr(net, bn, torch.nn.Identity())
         self.net = net.to(memory_format=torch.channels_last)
-        self.classes, self.batch_size, self._torch = clf.classes, batch_size, torch
+        self.classes, self.batch_size, self._torch = clf.classes, batch_size or INFERENCE_BATCH, torch
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """(N, n_mels, n_frames) float32 -> (N, n_classes) float32."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from lcasc import augment, distill
 from lcasc.io import write_text
+from lcasc.models.cnn import INFERENCE_BATCH
 from lcasc.workers import cpu_count
 
 log = logging.getLogger("lcasc")
@@ -279,7 +280,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(module, loader(X, y, config.batch_size, config.seed, True, lambda: trainer.current_epoch,
                                         teacher_logits, impulse),
-                    loader(X_val, y_val, 1024, config.seed, False),
+                    loader(X_val, y_val, INFERENCE_BATCH, config.seed, False),
                     ckpt_path=str(last) if last.is_file() else None)
     state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
@@ -287,7 +288,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     return net, module.history
 
 
-def predict_logits(net: nn.Module, X: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+def predict_logits(net: nn.Module, X: np.ndarray, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
     """(N, 40, 51) -> (N, n_classes) logits, in eval mode, batched."""
     net.eval()
     device = next(net.parameters()).device
