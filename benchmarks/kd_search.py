@@ -67,7 +67,8 @@ def main() -> int:
     teacher = teacher_logits(kd)
     out = Path(args.run) / "kd_search"
     print(f"teacher: {kd.model_dir('teacher') / 'teacher.json'}; {len(tr.y)} training, {len(va.y)} validation "
-          "segments; validation accuracy % at the epoch each patience keeps (counted from 1), its log-loss; means over seeds")
+          "segments; validation accuracy % at the epoch each patience keeps (counted from 1), its log-loss; "
+          "means over seeds")
     print(f"{'setting':<36}" + "".join(f"{'patience ' + str(q):>22}" for q in PATIENCES) + f"{'last epoch':>22}")
     for setting in args.settings:
         s = parse(setting)

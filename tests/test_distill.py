@@ -161,7 +161,8 @@ def test_a_kd_run_on_the_embedded_default_finishes_and_reports_both_recipes(tmp_
 
     out = tmp_path / "run"
     assert main(["-q", "run", "--recipe", "kd", "--out", str(out), "--max-epochs", "1", "--patience", "1",
-                 "--skip", "prune", "quantize", "baselines", "--teacher-widths", "8-8-16-32", "--kd-patience", "3"]) == 0
+                 "--skip", "prune", "quantize", "baselines", "--teacher-widths", "8-8-16-32",
+                 "--kd-patience", "3"]) == 0
     paper, kd = (json.loads((d / "results.json").read_text()) for d in (out, out / "kd"))
     assert [e["name"] for e in paper["networks"]] == [e["name"] for e in kd["networks"]] == ["unpruned"]
     assert paper["networks"][0]["recipe"] == "paper" and kd["networks"][0]["recipe"] == "kd"
