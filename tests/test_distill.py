@@ -135,6 +135,21 @@ def test_bad_teacher_logits_files_name_the_file_and_the_problem(tmp_path, logits
     assert str(path) in str(e.value)
 
 
+# -- the kd recipe's settings ---------------------------------------------------------------------------------
+def test_the_kd_recipe_stops_with_its_own_patience_and_leaves_the_papers_alone():
+    from lcasc.recipes import KD_PATIENCE, kd_config
+    from lcasc.run import RunConfig
+
+    paper = RunConfig(train=TrainConfig(max_epochs=300, patience=7, seed=3))
+    kd = kd_config(paper)
+    assert (kd.train.patience, kd.train.max_epochs, kd.train.seed) == (KD_PATIENCE, 300, 3)
+    assert KD_PATIENCE != 7 and paper.train.patience == 7 and paper.recipe == "paper"
+    assert kd_config(paper, patience=12).train.patience == 12
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="--kd-patience must be a positive integer"):
+            kd_config(paper, patience=bad)
+
+
 # -- the kd recipe end to end ---------------------------------------------------------------------------------
 def test_a_kd_run_on_the_embedded_default_finishes_and_reports_both_recipes(tmp_path):
     """Kept small (1 epoch; pruning of one layer combination, in-process, after the run): the full family and
@@ -146,7 +161,8 @@ def test_a_kd_run_on_the_embedded_default_finishes_and_reports_both_recipes(tmp_
 
     out = tmp_path / "run"
     assert main(["-q", "run", "--recipe", "kd", "--out", str(out), "--max-epochs", "1", "--patience", "1",
-                 "--skip", "prune", "quantize", "baselines", "--teacher-widths", "8-8-16-32"]) == 0
+                 "--skip", "prune", "quantize", "baselines", "--teacher-widths", "8-8-16-32",
+                 "--kd-patience", "3"]) == 0
     paper, kd = (json.loads((d / "results.json").read_text()) for d in (out, out / "kd"))
     assert [e["name"] for e in paper["networks"]] == [e["name"] for e in kd["networks"]] == ["unpruned"]
     assert paper["networks"][0]["recipe"] == "paper" and kd["networks"][0]["recipe"] == "kd"
@@ -154,6 +170,7 @@ def test_a_kd_run_on_the_embedded_default_finishes_and_reports_both_recipes(tmp_
     assert [t["widths"] for t in teacher["teachers"]] == ["8-8-16-32"]  # no paper ensemble without pruning
     config = (out / "kd" / "config.yaml").read_text()
     assert "recipe: kd" in config and "kd_lambda: 0.2" in config and "mixstyle_p: 0.4" in config
+    assert "patience: 3" in config and "patience: 1" in (out / "config.yaml").read_text()
     # The cached teacher logits are a teacher logits file for exactly the run's training segments.
     run = Run(out / "kd", progress=False)
     cached = teacher_logits(run)

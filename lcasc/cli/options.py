@@ -119,7 +119,8 @@ def kd_config(args, paper_config):
     widths = [w for w in given["teacher_widths"] if w != "none"] if "teacher_widths" in given else None
     ensemble = given.get("teacher_ensemble", "prune" not in (args.skip or ()))
     return recipes.kd_config(paper_config, given.get("kd_lambda"), given.get("kd_temperature"),
-                             augment_config(args, "kd"), widths, ensemble, given.get("teacher_logits"))
+                             augment_config(args, "kd"), widths, ensemble, given.get("teacher_logits"),
+                             given.get("kd_patience"))
 
 
 def print_summary(run, res: dict) -> None:

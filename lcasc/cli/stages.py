@@ -27,6 +27,9 @@ def add_run(sub) -> None:
                    help="weight of the label loss (default 0.2)")
     g.add_argument("--kd-temperature", type=float, default=argparse.SUPPRESS,
                    help="temperature tau (default 2)")
+    g.add_argument("--kd-patience", type=int, default=argparse.SUPPRESS,
+                   help="early-stopping patience of the kd recipe's trainings: teachers, the unpruned network "
+                        "and the pruned family's fine-tuning (default 50; --patience is the paper recipe's)")
     g.add_argument("--teacher-widths", nargs="+", metavar="F1-F2-F3-D", default=argparse.SUPPRESS,
                    help="wider CNNs the run trains first as teachers (default 32-32-64-128; 'none' for none)")
     g.add_argument("--teacher-ensemble", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
