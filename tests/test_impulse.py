@@ -151,3 +151,28 @@ def test_a_short_run_with_impulse_responses_finishes_and_records_them(tmp_path, 
     assert main(["-q", "features", "--dataset", str(data), "--out", str(out), "--impulse-responses", str(irs),
                  "--ir-p", "0.2", "--ir-copies", "2"]) == 2
     assert "impulse_responses" in capsys.readouterr().err
+
+
+def test_the_study_compares_impulse_response_probabilities(tmp_path, data):
+    from lcasc.io import read_json
+    from lcasc.study import run_study
+
+    run, _ = copies_of(tmp_path, data, device_folder(tmp_path / "irs"), p=0.5, copies=2)
+    rows = run_study(run, kernels=(3,), activations=("TRTT",), repeats=1, max_epochs=2, patience=2, workers=1,
+                     progress=False, ir_ps=[0, 0.5])
+    assert [(r["variant"], r["ir_p"]) for r in rows] == [("k3_TRTT", 0.0), ("k3_TRTT_ir0.5", 0.5)]
+    jobs = {r["variant"]: read_json(run.dir / "study" / r["variant"] / "seed0" / "job.json") for r in rows}
+    assert jobs["k3_TRTT_ir0.5"]["ir_p"] == 0.5
+    # Same seed, same initial weights: only the convolved copies trained on make the two networks differ.
+    assert jobs["k3_TRTT"]["weights_sha256"] != jobs["k3_TRTT_ir0.5"]["weights_sha256"]
+    # Without --ir-p the study trains as the run does (its p), so the 0.5 variant is reused, not run again.
+    before = (run.dir / "study" / "k3_TRTT_ir0.5" / "seed0" / "job.json").stat().st_mtime_ns
+    assert [r["variant"] for r in run_study(run, kernels=(3,), activations=("TRTT",), repeats=1, max_epochs=2,
+                                            patience=2, workers=1, progress=False)] == ["k3_TRTT_ir0.5"]
+    assert (run.dir / "study" / "k3_TRTT_ir0.5" / "seed0" / "job.json").stat().st_mtime_ns == before
+
+    plain = Run(tmp_path / "plain", RunConfig(dataset=str(data)), progress=False)
+    with pytest.raises(RunError, match="no device impulse responses"):
+        run_study(plain, kernels=(3,), activations=("TRTT",), repeats=1, progress=False, ir_ps=[0.4])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        run_study(run, kernels=(3,), activations=("TRTT",), repeats=1, progress=False, ir_ps=[1.5])

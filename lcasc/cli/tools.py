@@ -122,6 +122,9 @@ def add_study(sub) -> None:
     p.add_argument("--augment", nargs="+", default=["none"], metavar="SETTING",
                    help="augmentation settings to compare: none, kd (the kd recipe's: Freq-MixStyle, masks, "
                         "rolling) or key=value[,key=value] such as mixstyle_p=0.4,mixup_p=0.5")
+    p.add_argument("--ir-p", nargs="+", type=float, metavar="P",
+                   help="probabilities of training on a device-impulse-response copy to compare, e.g. 0 0.4 "
+                        "(the copies of the run's --impulse-responses; default: the run's own setting)")
     p.set_defaults(func=cmd_study)
 
 
@@ -133,7 +136,7 @@ def cmd_study(args) -> int:
     run = existing_run(args)
     rows = run_study(run, args.kernels, args.activations, args.repeats, args.max_epochs, args.patience,
                      args.workers, args.ray_address, progress=not args.quiet, recipes=args.recipes,
-                     augments=args.augment)
+                     augments=args.augment, ir_ps=args.ir_p)
     print(study_table_markdown(rows), end="")
     report.run(run)
     return 0

@@ -105,6 +105,7 @@ def aggregate(results: list[dict], complexity_of: dict[str, dict]) -> list[dict]
         row = {"variant": variant, "kernel_size": rs[0]["kernel_size"], "activations": rs[0]["activations"],
                "series": rs[0]["activations"] + variant.removeprefix(f"k{rs[0]['kernel_size']}_{rs[0]['activations']}"),
                "recipe": rs[0].get("recipe", "paper"), "augment": rs[0].get("augment"),
+               "ir_p": rs[0].get("ir_p", 0.0),
                "widths": rs[0]["widths"], **complexity_of[variant], "repeats": len(rs),
                "seeds": [r["seed"] for r in rs]}
         for key in ("accuracy", "class_avg_accuracy", "log_loss", "val_log_loss", "epochs"):
@@ -117,7 +118,7 @@ def aggregate(results: list[dict], complexity_of: dict[str, dict]) -> list[dict]
 
 def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, max_epochs: int | None = None,
               patience: int | None = None, workers: int | None = None, ray_address: str | None = None,
-              progress: bool = True, recipes=("paper",), augments=("none",)) -> list[dict]:
+              progress: bool = True, recipes=("paper",), augments=("none",), ir_ps=None) -> list[dict]:
     """The architecture study of the paper on ``run`` (a :class:`lcasc.run.Run`).
 
     Trains ``len(kernels) x len(activations) x repeats`` networks of ``run.config.widths`` (seeds
@@ -125,7 +126,9 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
     settings; finished jobs are reused. Runs on ``workers`` local processes (default: every core), or as
     Ray tasks when ``ray_address`` is given ("local", "auto", "ray://host:10001"). ``recipes`` (paper, kd) and
     ``augments`` (see :func:`parse_augment`) are two more dimensions: ``kd`` variants distil from the teacher
-    logits of the run's kd recipe (``DIR/kd``, made by ``lcasc run --recipe kd``) with its λ and τ. Writes
+    logits of the run's kd recipe (``DIR/kd``, made by ``lcasc run --recipe kd``) with its λ and τ.
+    ``ir_ps``: probabilities of training on a device-impulse-response copy (:mod:`lcasc.impulse`; the run's
+    ``--impulse-responses`` copies), one more dimension; default the run's own (none without them). Writes
     ``study/summary.json`` and the two figures; returns the per-variant rows of the summary.
     """
     kernels, activations = validate(kernels, activations, repeats)
@@ -140,7 +143,9 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
     base_spec = run.config.spec(len(run.classes))
 
     recipes, augments = _recipe_dimensions(run, recipes, augments)
-    jobs, complexity_of = _plan(base_spec, kernels, activations, repeats, train, recipes, augments, study_dir)
+    ir_ps = _ir_dimension(run, ir_ps)
+    jobs, complexity_of = _plan(base_spec, kernels, activations, repeats, train, recipes, augments, ir_ps,
+                                study_dir)
     todo = [job for job in jobs if _prepare(job)]
     where = f"Ray ({ray_address})" if ray_address else f"{min(workers, len(todo))} local processes"
     log.info("study: %d variants x %d repeats = %d jobs, %d already done%s", len(kernels) * len(activations),
@@ -148,7 +153,7 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
 
     t0 = time.perf_counter()
     if todo:
-        _execute(run, todo, complexity_of, recipes, workers, ray_address, ray_workers, progress)
+        _execute(run, todo, complexity_of, recipes, ir_ps, workers, ray_address, ray_workers, progress)
     elapsed = time.perf_counter() - t0
 
     results = [read_json(job.result_path) for job in jobs]
@@ -164,8 +169,8 @@ def run_study(run, kernels=KERNELS, activations=ACTIVATIONS, repeats: int = 5, m
     return rows
 
 
-def _plan(base_spec, kernels, activations, repeats: int, train, recipes: dict, augments: dict, study_dir: Path
-          ) -> tuple[list[Job], dict[str, dict]]:
+def _plan(base_spec, kernels, activations, repeats: int, train, recipes: dict, augments: dict, ir_ps: list[float],
+          study_dir: Path) -> tuple[list[Job], dict[str, dict]]:
     """Every (variant, repeat) job of the study, and each variant's params and MACs."""
     from lcasc import complexity
 
@@ -176,22 +181,24 @@ def _plan(base_spec, kernels, activations, repeats: int, train, recipes: dict, a
             cx = complexity.of_spec(spec)
             for recipe, kd in recipes.items():
                 for tag, aug in augments.items():
-                    name = variant_name(k, act) + ("" if recipe == "paper" else f"_{recipe}") + (
-                        "" if tag == "none" else f"_aug-{tag}")
-                    complexity_of[name] = {"params": cx.params, "macs": cx.macs}
-                    for r in range(repeats):
-                        seed = train.seed + r
-                        cfg = {key: v for key, v in asdict(replace(train, seed=seed)).items() if key in _TRAIN_KEYS}
-                        cfg.update(kd)
-                        if aug.active:  # only then: a paper job's settings stay those of older studies
-                            cfg["augment"] = aug.to_dict()
-                        jobs.append(Job(name, k, act, r, seed, spec.to_dict(), cfg,
-                                        str(study_dir / name / f"seed{seed}"), recipe))
+                    for ir_p in ir_ps:
+                        name = variant_name(k, act) + ("" if recipe == "paper" else f"_{recipe}") + (
+                            "" if tag == "none" else f"_aug-{tag}") + (f"_ir{ir_p:g}" if ir_p > 0 else "")
+                        complexity_of[name] = {"params": cx.params, "macs": cx.macs}
+                        for r in range(repeats):
+                            seed = train.seed + r
+                            cfg = {key: v for key, v in asdict(replace(train, seed=seed)).items()
+                                   if key in _TRAIN_KEYS}
+                            cfg.update(kd)
+                            if aug.active:  # only then: a paper job's settings stay those of older studies
+                                cfg["augment"] = aug.to_dict()
+                            jobs.append(Job(name, k, act, r, seed, spec.to_dict(), cfg,
+                                            str(study_dir / name / f"seed{seed}"), recipe, ir_p))
     return jobs, complexity_of
 
 
-def _execute(run, todo: list[Job], complexity_of: dict, recipes: dict, workers: int, ray_address: str | None,
-             ray_workers: int | None, progress: bool) -> None:
+def _execute(run, todo: list[Job], complexity_of: dict, recipes: dict, ir_ps: list[float], workers: int,
+             ray_address: str | None, ray_workers: int | None, progress: bool) -> None:
     """Run ``todo`` in local processes or as Ray tasks; each job's result goes to its ``job.json``."""
     from tqdm.auto import tqdm
 
@@ -201,7 +208,7 @@ def _execute(run, todo: list[Job], complexity_of: dict, recipes: dict, workers: 
 
         raise RunError("the test split has no usable segments to evaluate the study on")
     arrays = (tr.shareable_X(), tr.y, va.shareable_X(), va.y, te.shareable_X(), te.y,
-              _study_teacher(run, recipes))
+              _study_teacher(run, recipes), run.impulse_copies() if any(p > 0 for p in ir_ps) else None)
     with tqdm(total=len(todo), desc="study", unit="net", disable=not progress) as bar:
         def on_result(job: Job, result: dict) -> None:
             write_json(job.result_path, {**result, **complexity_of[job.variant]})
@@ -246,6 +253,23 @@ def _recipe_dimensions(run, recipes, augments) -> tuple[dict, dict]:
         kd = _kd_run(run).config.train
         out["kd"] = {"kd_lambda": kd.kd_lambda, "kd_temperature": kd.kd_temperature}
     return out, {a.replace(",", "+"): parse_augment(a) for a in augments}
+
+
+def _ir_dimension(run, ir_ps) -> list[float]:
+    """The impulse-response probabilities to study, checked: default the run's own (0 without copies)."""
+    cfg = run.config.impulse_responses
+    if ir_ps is None:
+        return [cfg.p if cfg.active else 0.0]
+    ir_ps = list(dict.fromkeys(float(p) for p in ir_ps))
+    bad = [p for p in ir_ps if not 0.0 <= p <= 1.0]
+    if bad or not ir_ps:
+        raise ValueError(f"impulse-response probabilities must be in [0, 1], got {bad or 'none'}")
+    if any(p > 0 for p in ir_ps) and not cfg.active:
+        from lcasc.run import RunError
+
+        raise RunError(f"--ir-p {' '.join(f'{p:g}' for p in ir_ps)}: {run.dir} has no device impulse responses; "
+                       "make the run with --impulse-responses DIR (its copies are what the study trains on)")
+    return ir_ps
 
 
 def _kd_run(run):

@@ -37,7 +37,7 @@ def _pool_job(job: Job) -> dict:
 
 
 def _array_names() -> list[str]:
-    return [f"{v}_{s}" for s in SPLITS for v in ("X", "y")] + ["teacher_train"]
+    return [f"{v}_{s}" for s in SPLITS for v in ("X", "y")] + ["teacher_train", "impulse"]
 
 
 def _drive(jobs: list[Job], limit: int, submit, wait_some, cancel, on_result) -> None:
@@ -84,7 +84,7 @@ def _run_pool(jobs: list[Job], arrays: tuple, workers: int, folder: Path, on_res
     try:
         refs = []
         for name, arr in zip(_array_names(), arrays):
-            if arr is not None and not isinstance(arr, MappedRows):  # teacher_train is None in the paper recipe
+            if isinstance(arr, np.ndarray):  # impulse: Copies (file names) or None, handed over as they are
                 np.save(data / f"{name}.npy", np.ascontiguousarray(arr))
                 arr = MappedRows(str(data / f"{name}.npy"), 0, len(arr))
             refs.append(arr)
@@ -139,7 +139,7 @@ def _run_ray(jobs: list[Job], arrays: tuple, address: str, workers: int | None, 
         from lcasc.features import opened
 
         # once, into Ray's shared-memory object store, which every task on a node reads without a copy
-        data = [ray.put(np.ascontiguousarray(a)) for a in opened(arrays)]
+        data = [ray.put(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in opened(arrays)]
         task = ray.remote(num_cpus=1)(run_job)
         _drive(jobs, workers or len(jobs), lambda job: task.remote(job, *data), wait_some,
                lambda ref: ray.cancel(ref, force=True), on_result)

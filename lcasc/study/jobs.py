@@ -25,6 +25,7 @@ class Job:
     train: dict  # TrainConfig fields (progress off)
     workdir: str
     recipe: str = "paper"  # kd: distilled from the teacher logits of the run's kd recipe (DIR/kd)
+    ir_p: float = 0.0  # probability of training on a device-impulse-response copy (0: never)
 
     @property
     def result_path(self) -> Path:
@@ -52,8 +53,11 @@ def _weights_digest(net) -> str:
     return h.hexdigest()[:16]
 
 
-def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test, teacher=None) -> dict:
-    """Train and evaluate one network; returns the job's result (``job.json``). Deterministic for a seed."""
+def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test, teacher=None, impulse=None) -> dict:
+    """Train and evaluate one network; returns the job's result (``job.json``). Deterministic for a seed.
+    ``impulse``: the run's :class:`lcasc.impulse.Copies`, trained on with probability ``job.ir_p``."""
+    from dataclasses import replace
+
     import torch
 
     from lcasc import metrics
@@ -70,7 +74,8 @@ def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test, teacher=No
         torch.manual_seed(job.seed)
         net = LowComplexityCNN.from_spec(spec)
         net, history = fit(net, X_train, y_train, X_val, y_val, config, job.workdir,
-                           np.asarray(teacher) if job.recipe == "kd" else None)
+                           np.asarray(teacher) if job.recipe == "kd" else None,
+                           replace(impulse, p=job.ir_p) if job.ir_p > 0 else None)
         threads = torch.get_num_threads()
         test = metrics.scores(torch.softmax(torch.from_numpy(predict_logits(net, X_test)), 1).numpy(), y_test,
                               spec.n_classes)
@@ -79,6 +84,7 @@ def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test, teacher=No
     best = min(history, key=lambda h: h["val_log_loss"]) if history else {"epoch": None}
     return {"variant": job.variant, "kernel_size": job.kernel_size, "activations": job.activations,
             "recipe": job.recipe, "augment": config.augment.to_dict() if config.augment.active else None,
+            "ir_p": job.ir_p,
             "widths": spec.widths, "repeat": job.repeat, "seed": job.seed,
             "accuracy": test["accuracy"], "class_avg_accuracy": test["class_avg_accuracy"],
             "log_loss": test["log_loss"], "val_log_loss": val["log_loss"], "val_accuracy": val["accuracy"],
