@@ -26,8 +26,7 @@ from .conftest import adam_steps, synthetic_logmel
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _MISSING = [m for m in ("tensorflow", "tflite_micro", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-pytestmark = [pytest.mark.skipif(bool(_MISSING), reason=f"INT8 export extras not installed: {_MISSING}"),
-              pytest.mark.usefixtures("one_thread")]  # the training of the networks below
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"INT8 export extras not installed: {_MISSING}")
 
 N_CLASSES = 10
 CLASSES = [f"scene{i}" for i in range(N_CLASSES)]

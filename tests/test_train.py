@@ -7,8 +7,6 @@ from lcasc.features import extract
 from lcasc.models.cnn import CNNClassifier, CNNSpec, LowComplexityCNN
 from lcasc.train import TrainConfig, fit
 
-THREADS = 1  # training thread: small convolutions run faster on one than on two contended ones (xdist's workers)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -30,7 +28,7 @@ def _net(seed=0):
 
 def test_resumed_training_equals_uninterrupted_training(tmp_path, data):
     X, y, Xv, yv = data
-    cfg = dict(patience=100, seed=3, progress=False, threads=THREADS)
+    cfg = dict(patience=100, seed=3, progress=False)
     straight, hist = fit(_net(), X, y, Xv, yv, TrainConfig(max_epochs=4, **cfg), tmp_path / "a")
     fit(_net(), X, y, Xv, yv, TrainConfig(max_epochs=2, **cfg), tmp_path / "b")  # "interrupted" after 2 epochs
     torch.manual_seed(123)  # whatever the process did meanwhile must not matter
@@ -44,7 +42,7 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, data):
 
 def test_keeps_the_checkpoint_with_lowest_validation_log_loss(tmp_path, data):
     X, y, Xv, yv = data
-    config = TrainConfig(max_epochs=6, patience=100, progress=False, threads=THREADS)
+    config = TrainConfig(max_epochs=6, patience=100, progress=False)
     clf = CNNClassifier([str(i) for i in range(10)], train_config=config, workdir=tmp_path)
     clf.fit(X, y, Xv, yv)
     best = min(clf.history, key=lambda h: h["val_log_loss"])
@@ -57,7 +55,7 @@ def test_keeps_the_checkpoint_with_lowest_validation_log_loss(tmp_path, data):
 def test_early_stopping_stops_before_max_epochs(tmp_path, data):
     X, y, Xv, yv = data
     _, hist = fit(LowComplexityCNN(), X, y, Xv, yv, TrainConfig(max_epochs=200, patience=2, lr=0.05,
-                                                                progress=False, threads=THREADS), tmp_path)
+                                                                progress=False), tmp_path)
     assert len(hist) < 200
 
 
