@@ -28,9 +28,10 @@ EXTRAS = {"tensorflow": "lcasc[tflite]", "tflite_micro": "lcasc[tflite]", "onnx"
           "onnxruntime": "lcasc[onnx]", "ray": "lcasc[ray]", "librosa": "lcasc[test]: the features' test oracle"}
 
 
-# The slowest modules, slowest first (--durations on a 2-core machine). pytest-xdist hands the modules to its
-# workers in collection order, so these start first and the many short ones fill in at the end; left to
-# itself (--loadscope-reorder) it would hand them out by their number of tests, one-test modules last.
+# The slowest modules, slowest first (--durations on a 2-core machine). pytest-xdist (``--dist loadfile``, as
+# ``make test``) hands the modules to its workers in collection order, so these start first and the many short
+# ones fill in at the end; left to itself (--loadscope-reorder) it would hand them out by their number of tests,
+# one-test modules last.
 SLOWEST_FIRST = ["test_family", "test_interrupt", "test_quantize", "test_study", "test_export_c", "test_protocol",
                  "test_predict", "test_cli", "test_train"]
 
@@ -38,7 +39,6 @@ SLOWEST_FIRST = ["test_family", "test_interrupt", "test_quantize", "test_study",
 def pytest_configure(config):
     import importlib.util
 
-    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist runs on one worker")
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order of SLOWEST_FIRST
         config.option.loadscopereorder = False
     missing = [f"{m} ({extra})" for m, extra in EXTRAS.items() if importlib.util.find_spec(m) is None]
@@ -48,15 +48,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """For ``pytest -n N --dist loadgroup`` (``make test``): the tests of one module stay on one worker (their
-    module fixtures are built once), and the slowest modules come first."""
+    """The slowest modules first (for ``pytest -n N --dist loadfile``, ``make test``: each module's tests run on
+    one worker, so its module fixtures are built once)."""
     def rank(item):
         name = item.module.__name__.rpartition(".")[2]
         return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
     items.sort(key=rank)  # stable: the tests of a module keep their order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(autouse=True)
