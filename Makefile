@@ -10,7 +10,8 @@ TORCH ?= torch==2.13.0
 RUN_EXTRAS := onnx,tflite
 TEST_EXTRAS := onnx,tflite,ray,test
 ARGS ?=
-# Test processes (pytest-xdist): each module's tests stay on one (tests/conftest.py); 2 fits a 2-core machine.
+# Test processes (pytest-xdist): each module's tests stay on one (--dist loadfile: --dist loadgroup and its
+# xdist_group marks no longer group anything with pytest 9.2, pytest-xdist issue #1386); 2 fits a 2-core machine.
 TEST_WORKERS ?= 2
 
 .PHONY: setup run test lint clean
@@ -35,7 +36,7 @@ run: $(VENV)/.installed-run
 	$(VENV)/bin/lcasc run $(ARGS)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check lcasc tests benchmarks

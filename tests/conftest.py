@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from filelock import FileLock
 
 from lcasc.audio import load
 from lcasc.data.datasets import EMBEDDED
@@ -32,11 +35,19 @@ EXTRAS = {"tensorflow": "lcasc[tflite]", "tflite_micro": "lcasc[tflite]", "onnx"
           "onnxruntime": "lcasc[onnx]", "ray": "lcasc[ray]", "librosa": "lcasc[test]: the features' test oracle"}
 
 
+# The slowest modules, slowest first (--durations on a 2-core machine). pytest-xdist (``--dist loadfile``, as
+# ``make test``) hands the modules to its workers in collection order, so these start first and the many short
+# ones fill in at the end; left to itself (--loadscope-reorder) it would hand them out by their number of tests,
+# one-test modules last.
+SLOWEST_FIRST = ["test_family", "test_interrupt", "test_quantize", "test_study", "test_export_c", "test_protocol",
+                 "test_predict", "test_cli", "test_train"]
+
+
 def pytest_configure(config):
     import importlib.util
-    import os
 
-    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist runs on one worker")
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order of SLOWEST_FIRST
+        config.option.loadscopereorder = False
     missing = [f"{m} ({extra})" for m, extra in EXTRAS.items() if importlib.util.find_spec(m) is None]
     if os.environ.get("LCASC_REQUIRE_EXTRAS") == "1" and missing:
         raise pytest.UsageError("LCASC_REQUIRE_EXTRAS=1 but these packages are missing, so their tests would "
@@ -44,11 +55,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """For ``pytest -n N --dist loadgroup`` (``make test``): the tests of one module stay on one worker (their
-    module fixtures are built once), and every test of the shared run (``family_run``) on the same one."""
-    for item in items:
-        group = "family_run" if "family_run" in item.fixturenames else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+    """The slowest modules first (for ``pytest -n N --dist loadfile``, ``make test``: each module's tests run on
+    one worker, so its module fixtures are built once)."""
+    def rank(item):
+        name = item.module.__name__.rpartition(".")[2]
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: the tests of a module keep their order
 
 
 @pytest.fixture(autouse=True)
@@ -169,15 +182,38 @@ def adam_steps(net, X: np.ndarray, y: np.ndarray, steps: int, seed: int, lr: flo
     return net.eval()
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``build(folder)`` makes, made once per ``pytest`` invocation even when pytest-xdist runs it in
+    several workers (the pattern of pytest-xdist's documentation: the first worker to ask builds it under a
+    file lock in the folder all workers share; the others wait for it and use the same folder)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the workers' basetemps are popen-gw0, popen-gw1, ... of one folder
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def family_run(tmp_path_factory) -> Path:
     """One small real run (2 recordings per class and split, 3 epochs): the unpruned network, its six pruned
-    variants, their INT8 files, ensembles, baselines. Built once per session and shared by the test modules
-    that read it (test_family, test_export_c)."""
-    tmp = tmp_path_factory.mktemp("family")
-    csv_path = make_csv_dataset(tmp / "ds", per_class=2)
-    out = tmp / "run"
-    done = subprocess.run([sys.executable, "-m", "lcasc", "-q", "run", "--dataset", str(csv_path), "--out", str(out),
-                           "--max-epochs", "3", "--cache-dir", str(tmp / "cache")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return out
+    variants, their INT8 files, ensembles, baselines. Built once per ``pytest`` invocation and shared by the
+    test modules of every worker: read it, never write into it (see :func:`copy_of`)."""
+    def build(folder: Path) -> None:
+        csv_path = make_csv_dataset(folder / "ds", per_class=2)
+        done = subprocess.run([sys.executable, "-m", "lcasc", "-q", "run", "--dataset", str(csv_path), "--out",
+                               str(folder / "run"), "--max-epochs", "3", "--cache-dir", str(folder / "cache")],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+    return built_once(tmp_path_factory, "family", build) / "run"
+
+
+def copy_of(run_dir: Path, tmp_path_factory) -> Path:
+    """A copy of the run directory ``run_dir`` for a test module that changes it (commands that add networks,
+    ensembles or measurements to the run): the copy shares the original's dataset and feature cache."""
+    return Path(shutil.copytree(run_dir, tmp_path_factory.mktemp("run_copy") / "run"))

@@ -19,6 +19,8 @@ import pytest
 
 from lcasc.stages.quantize import int8_available
 
+from .conftest import copy_of
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 pytestmark = pytest.mark.skipif(not int8_available(), reason="INT8 export extras (lcasc[tflite]) not installed")
 
@@ -44,10 +46,15 @@ needs_arm = pytest.mark.skipif(bool(_arm_missing()), reason=f"Cortex-M4 check sk
 
 
 @pytest.fixture(scope="module")
-def run(family_run):
+def run_dir(family_run, tmp_path_factory):
+    return copy_of(family_run, tmp_path_factory)  # the session's shared run: `lcasc export` adds to it
+
+
+@pytest.fixture(scope="module")
+def run(run_dir):
     from lcasc.run import Run
 
-    return Run(family_run, progress=False)
+    return Run(run_dir, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +172,12 @@ def test_cortex_m4_image_prints_the_host_outputs_for_real_clips(host_build, dsp)
 
 @needs_cc
 @needs_arm
-def test_export_command_records_the_measured_footprint(family_run, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "lcasc", "-q", "export", "--run", str(family_run), "--model",
+def test_export_command_records_the_measured_footprint(run_dir, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lcasc", "-q", "export", "--run", str(run_dir), "--model",
                           "unpruned", "--format", "c", "--out", str(tmp_path / "unpruned")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    entry = {n["name"]: n for n in json.loads((family_run / "results.json").read_text())["networks"]}["unpruned_int8"]
+    entry = {n["name"]: n for n in json.loads((run_dir / "results.json").read_text())["networks"]}["unpruned_int8"]
     mcu = entry["mcu"]
     assert mcu["host_check"]["mismatching_clips"] == {"unpruned": 0}
     f = mcu["cortex_m4"]["footprint"][0]
@@ -180,7 +187,7 @@ def test_export_command_records_the_measured_footprint(family_run, tmp_path):
     assert 1 < f["instructions"]["per_mac"] < 20 and f["instructions"]["front_end"] > 1_000_000
     assert json.loads((tmp_path / "unpruned" / "measurements.json").read_text())["cortex_m4"]["footprint"] == [f]
     assert "Cortex-M4 unpruned: flash" in out.stdout
-    report = (family_run / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
     assert "## On a microcontroller" in report and f"| {f['instructions']['per_mac']:.2f} |" in report
 
 

@@ -15,7 +15,7 @@ from lcasc.classifier import EnsembleClassifier
 from lcasc.ensemble import best_subset, paper_table3_subsets
 from lcasc.stages.quantize import int8_available
 
-from .conftest import make_tau22, real_clips
+from .conftest import copy_of, make_tau22, real_clips
 
 
 def lcasc_cli(*args, check=True):
@@ -26,8 +26,8 @@ def lcasc_cli(*args, check=True):
 
 
 @pytest.fixture(scope="module")
-def run_dir(family_run):
-    return family_run  # the session's shared run (conftest)
+def run_dir(family_run, tmp_path_factory):
+    return copy_of(family_run, tmp_path_factory)  # the session's shared run (conftest): these tests add to it
 
 
 def results(run_dir):

@@ -16,7 +16,7 @@ import torch
 
 from lcasc.stages.quantize import int8_available
 
-from .conftest import make_csv_dataset
+from .conftest import make_csv_dataset, real_clips
 
 # Fewer stages keep this module short; the resumption of each stage is what is tested.
 FAST = ["--max-epochs", "4", "--patience", "10", "--skip", "ensemble", "similarity", "fuse", "baselines"]
@@ -87,12 +87,28 @@ def assert_artifacts_whole(folder: Path) -> None:
         assert torch.load(path, weights_only=True)["state_dict"]
 
 
+def linked_dataset(root: Path, per_class: int) -> Path:
+    """A CSV dataset of the first ``per_class`` embedded recordings of each class and split, linked into
+    ``root/audio`` and listed by their names there: where the feature cache's chunks end depends on these
+    names only, not on where the checkout is."""
+    (root / "audio").mkdir(parents=True)
+    rows = ["filename,label,split"]
+    for split in ("train", "validate", "test"):
+        for path, label in real_clips(per_class, split):
+            (root / "audio" / path.name).symlink_to(path)
+            rows.append(f"audio/{path.name},{label},{split}")
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    return root / "data.csv"
+
+
 def test_killed_during_feature_caching_resumes_to_the_same_results(tmp_path):
-    # The embedded default holds about 26 minutes of audio: several cache chunks, so a kill between two is possible.
-    args = ["--max-epochs", "2", "--skip", "prune", "quantize", "ensemble", "baselines"]
+    # 4 recordings per class and split: 10 minutes of audio in 5 cache chunks (130, 130, 259, 5 and 75 s), so a
+    # kill between two is possible.
+    dataset = linked_dataset(tmp_path / "ds", per_class=4)
+    args = ["--dataset", str(dataset), "--max-epochs", "1", "--skip", "prune", "quantize", "ensemble", "baselines"]
     finish(start(tmp_path / "reference", tmp_path / "cache_ref", *args))
     n_chunks = len(list((tmp_path / "cache_ref").glob("logmel-*.npz")))
-    assert n_chunks >= 2
+    assert n_chunks >= 3
 
     cache = tmp_path / "cache"
     proc = start(tmp_path / "run", cache, *args)

@@ -1,5 +1,6 @@
 """`lcasc predict` and `lcasc.load(...).predict`: backends, formats, per-second output, folders, arrays,
-ensembles. One small real run (unpruned + pruned_C1, their ensemble, ONNX and INT8 files) per module."""
+ensembles. On a copy of the session's small real run (its networks with their ONNX and INT8 files, and an
+ensemble of unpruned + pruned_C1)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from lcasc import audio
 from lcasc.cli import main
 from lcasc.predict import PredictError, Predictor, load
 
-from .conftest import make_csv_dataset, real_clips
+from .conftest import copy_of, real_clips
 
 HAS_ONNX = importlib.util.find_spec("onnxruntime") is not None
 HAS_INT8 = all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tflite_micro", "onnx", "onnxruntime"))
@@ -37,17 +38,9 @@ def ensemble_named(run_dir, members: list[str], precision: str = "float32") -> s
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("predict")
-    csv_path = make_csv_dataset(tmp / "ds", per_class=2)
-    out = tmp / "run"
-    cache = str(tmp / "cache")
-    assert cli("run", "--dataset", str(csv_path), "--out", str(out), "--max-epochs", "2", "--patience", "1",
-               "--cache-dir", cache, "--skip", "prune", "quantize", "ensemble", "similarity", "fuse",
-               "baselines") == 0
-    assert cli("prune", "--run", str(out), "--layers", "C1", "--max-epochs", "1") == 0
-    if HAS_INT8:
-        assert cli("quantize", "--run", str(out), "--models", "unpruned", "pruned_C1", "unpruned_ft") == 0
+def run_dir(family_run, tmp_path_factory):
+    """A copy of the session's run (conftest) with one more ensemble: unpruned + pruned_C1."""
+    out = copy_of(family_run, tmp_path_factory)
     assert cli("ensemble", "--run", str(out), "--members", "unpruned", "pruned_C1") == 0
     return out
 
@@ -159,7 +152,7 @@ def test_ensemble_is_the_mean_of_its_members(run_dir, clip_dir):
 def test_unknown_names_and_backends_are_one_line_errors(run_dir, clip_dir, capsys):
     for args, message in ((["--model", "nope"], "no network named 'nope'"),
                           (["--ensemble", "nope"], "no ensemble named 'nope'"),
-                          (["--model", "gmm"], "no network named 'gmm'")):
+                          (["--model", "vggish"], "no network named 'vggish'")):  # a baseline not fitted
         assert cli("predict", "--run", str(run_dir), *args, str(clip_dir)) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1

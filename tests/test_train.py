@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from lcasc.data import default_dataset
@@ -7,8 +8,10 @@ from lcasc.models.cnn import CNNClassifier, CNNSpec, LowComplexityCNN
 from lcasc.train import TrainConfig, fit
 
 
-def _data():
-    fs, _ = extract(default_dataset(), progress=False)
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """256 training and 128 validation segments of the embedded data (its features computed once)."""
+    fs, _ = extract(default_dataset(), cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
     fs = fs.select(fs.level_db > -60)
     tr, va = fs.subset("train"), fs.subset("validate")
     return tr.X[:256], tr.y[:256], va.X[:128], va.y[:128]
@@ -23,8 +26,8 @@ def _net(seed=0):
     return LowComplexityCNN()
 
 
-def test_resumed_training_equals_uninterrupted_training(tmp_path):
-    X, y, Xv, yv = _data()
+def test_resumed_training_equals_uninterrupted_training(tmp_path, data):
+    X, y, Xv, yv = data
     cfg = dict(patience=100, seed=3, progress=False)
     straight, hist = fit(_net(), X, y, Xv, yv, TrainConfig(max_epochs=4, **cfg), tmp_path / "a")
     fit(_net(), X, y, Xv, yv, TrainConfig(max_epochs=2, **cfg), tmp_path / "b")  # "interrupted" after 2 epochs
@@ -37,10 +40,10 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
     assert (tmp_path / "b" / "train_log.csv").read_text().count("\n") == 5
 
 
-def test_keeps_the_checkpoint_with_lowest_validation_log_loss(tmp_path):
-    X, y, Xv, yv = _data()
-    clf = CNNClassifier([str(i) for i in range(10)], train_config=TrainConfig(max_epochs=6, patience=100,
-                                                                            progress=False), workdir=tmp_path)
+def test_keeps_the_checkpoint_with_lowest_validation_log_loss(tmp_path, data):
+    X, y, Xv, yv = data
+    config = TrainConfig(max_epochs=6, patience=100, progress=False)
+    clf = CNNClassifier([str(i) for i in range(10)], train_config=config, workdir=tmp_path)
     clf.fit(X, y, Xv, yv)
     best = min(clf.history, key=lambda h: h["val_log_loss"])
     p = clf.predict_proba(Xv)
@@ -49,8 +52,8 @@ def test_keeps_the_checkpoint_with_lowest_validation_log_loss(tmp_path):
     assert np.allclose(p.sum(1), 1, atol=1e-5)
 
 
-def test_early_stopping_stops_before_max_epochs(tmp_path):
-    X, y, Xv, yv = _data()
+def test_early_stopping_stops_before_max_epochs(tmp_path, data):
+    X, y, Xv, yv = data
     _, hist = fit(LowComplexityCNN(), X, y, Xv, yv, TrainConfig(max_epochs=200, patience=2, lr=0.05,
                                                                 progress=False), tmp_path)
     assert len(hist) < 200
