@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from lcasc.data import load_dataset
 from lcasc.features import extract
-from lcasc.models.cnn import INFERENCE_BATCH, LowComplexityCNN
-from lcasc.train import TrainConfig, fit, loader, use_compile
+from lcasc.models.cnn import LowComplexityCNN
+from lcasc.train import INFERENCE_BATCH, TrainConfig, fit, loader, use_compile
 from lcasc.workers import cpu_count
 
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from lcasc import complexity
 from lcasc.models import graph
-from lcasc.models.cnn import ACTIVATIONS, INFERENCE_BATCH, LowComplexityCNN
+from lcasc.models.cnn import ACTIVATIONS, LowComplexityCNN
 from lcasc.similarity import DEFAULT_THRESHOLD, LAYERS, layer_width, pair_result
 
 # the family's layers after the last conv block: pooling (run once on the distinct maps), then per member
@@ -304,8 +304,12 @@ class FusedEnsemble(nn.Module):
         probs = [torch.softmax(head(pooled), dim=1) for head in self.heads]
         return torch.stack(probs).mean(dim=0)
 
-    def predict_proba(self, X: np.ndarray, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
-        """(N, n_mels, n_frames) float32 -> (N, n_classes) float32 probabilities, batched, no gradients."""
+    def predict_proba(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """(N, n_mels, n_frames) float32 -> (N, n_classes) float32 probabilities, batched (default
+        :data:`lcasc.train.INFERENCE_BATCH`), no gradients."""
+        from lcasc.train import INFERENCE_BATCH
+
+        batch_size = batch_size or INFERENCE_BATCH
         X = np.asarray(X, dtype=np.float32)
         out = []
         device = next(self.parameters()).device
@@ -347,7 +351,7 @@ def unfused_complexity(members: Sequence[LowComplexityCNN]) -> complexity.Comple
     return complexity.total([complexity.count(m, (1, 1, m.spec.n_mels, m.spec.n_frames)) for m in members])
 
 
-def ensemble_proba(members: Sequence[LowComplexityCNN], X: np.ndarray, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
+def ensemble_proba(members: Sequence[LowComplexityCNN], X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """The unfused ensemble (EnsembleClassifier): mean over members of softmax probabilities, (N, C) float64."""
     from lcasc.train import predict_logits
 

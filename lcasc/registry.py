@@ -149,7 +149,8 @@ class _TorchCNN:
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         from lcasc.models import graph
-        from lcasc.models.cnn import INFERENCE_BATCH, CNNClassifier
+        from lcasc.models.cnn import CNNClassifier
+        from lcasc.train import INFERENCE_BATCH
 
         clf = CNNClassifier.load(folder)
         net = copy.deepcopy(clf.net).eval()

@@ -19,11 +19,6 @@ from torch import nn
 from lcasc.models import graph
 
 ACTIVATIONS = {"T": nn.Tanh, "R": nn.ReLU}
-# Segments per forward pass when only predicting (validation, evaluation, ensembles). Small on purpose: one
-# pass keeps several 16 x 40 x 51 float maps per segment alive (~0.13 MB), so batches of 2048 held ~0.7 GB
-# more than batches of 256, at the same speed on a CPU (predict_logits on 8,192 segments, peak RSS 1.37 vs
-# 0.69 GB).
-INFERENCE_BATCH = 256
 
 
 @dataclass(frozen=True)
