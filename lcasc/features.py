@@ -155,9 +155,11 @@ def _file_facts(recs: list[Recording], root: Path, cache: Path, pool: ThreadPool
     parts = list(pool.map(facts, [recs[s:s + 256] for s in range(0, len(recs), 256)]))
     result = [f for part, _ in parts for f in part]
     if any(read for _, read in parts):
-        seconds, size, mtime_ns = (list(c) for c in zip(*result))
+        # the facts of other files under the same root (another list of the same folder) are kept too
+        kept = {**known, **{str(r.path): f for r, f in zip(recs, result)}}
+        seconds, size, mtime_ns = (list(c) for c in zip(*kept.values()))
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # paths joined by NUL, which no path holds
-            np.savez(fh, paths=np.frombuffer("\0".join(str(r.path) for r in recs).encode(), np.uint8),
+            np.savez(fh, paths=np.frombuffer("\0".join(kept).encode(), np.uint8),
                      seconds=np.array(seconds, np.float64), size=np.array(size, np.int64),
                      mtime_ns=np.array(mtime_ns, np.int64))
     return result
