@@ -17,6 +17,7 @@ interrupted job resumes its training from ``last.ckpt``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -175,25 +176,21 @@ def _plan(base_spec, kernels, activations, repeats: int, train, recipes: dict, a
     from lcasc import complexity
 
     jobs, complexity_of = [], {}
-    for k in kernels:
-        for act in activations:
-            spec = replace(base_spec, kernel_size=k, activations=act)
-            cx = complexity.of_spec(spec)
-            for recipe, kd in recipes.items():
-                for tag, aug in augments.items():
-                    for ir_p in ir_ps:
-                        name = variant_name(k, act) + ("" if recipe == "paper" else f"_{recipe}") + (
-                            "" if tag == "none" else f"_aug-{tag}") + (f"_ir{ir_p:g}" if ir_p > 0 else "")
-                        complexity_of[name] = {"params": cx.params, "macs": cx.macs}
-                        for r in range(repeats):
-                            seed = train.seed + r
-                            cfg = {key: v for key, v in asdict(replace(train, seed=seed)).items()
-                                   if key in _TRAIN_KEYS}
-                            cfg.update(kd)
-                            if aug.active:  # only then: a paper job's settings stay those of older studies
-                                cfg["augment"] = aug.to_dict()
-                            jobs.append(Job(name, k, act, r, seed, spec.to_dict(), cfg,
-                                            str(study_dir / name / f"seed{seed}"), recipe, ir_p))
+    dimensions = itertools.product(kernels, activations, recipes.items(), augments.items(), ir_ps)
+    for k, act, (recipe, kd), (tag, aug), ir_p in dimensions:
+        spec = replace(base_spec, kernel_size=k, activations=act)
+        name = variant_name(k, act) + ("" if recipe == "paper" else f"_{recipe}") + (
+            "" if tag == "none" else f"_aug-{tag}") + (f"_ir{ir_p:g}" if ir_p > 0 else "")
+        cx = complexity.of_spec(spec)
+        complexity_of[name] = {"params": cx.params, "macs": cx.macs}
+        for r in range(repeats):
+            seed = train.seed + r
+            cfg = {key: v for key, v in asdict(replace(train, seed=seed)).items() if key in _TRAIN_KEYS}
+            cfg.update(kd)
+            if aug.active:  # only then: a paper job's settings stay those of older studies
+                cfg["augment"] = aug.to_dict()
+            jobs.append(Job(name, k, act, r, seed, spec.to_dict(), cfg, str(study_dir / name / f"seed{seed}"),
+                            recipe, ir_p))
     return jobs, complexity_of
 
 
