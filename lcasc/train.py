@@ -67,10 +67,11 @@ class TrainConfig:
 # on a CPU (benchmarks/train_throughput.py); smaller sets (the embedded data, tests) train eagerly.
 COMPILE_MIN_SEGMENTS = 20_000
 # Segments per forward pass when only predicting (validation, evaluation, ensembles). Small on purpose: one
-# pass keeps several 16 x 40 x 51 float maps per segment alive (~0.13 MB), so batches of 2048 held ~0.7 GB
-# more than batches of 256, at the same speed on a CPU (predict_logits on 8,192 segments, peak RSS 1.37 vs
-# 0.69 GB).
-INFERENCE_BATCH = 256
+# pass keeps several 16 x 40 x 51 float maps per segment alive (~0.13 MB each), and small batches are also
+# faster on a CPU, their maps staying in cache: predict_logits on 20,000 TAU22-size segments, 2 threads,
+# batch 2048: peak RSS 1.37 GB (on 8,192); batch 256: 1,429-1,638 segments/s, +80-270 MB; batch 32:
+# 2,518-3,119 segments/s, +0-10 MB (2-core EPYC, measured side by side in one session).
+INFERENCE_BATCH = 32
 
 
 def use_compile(config: TrainConfig, n_train: int) -> bool:
