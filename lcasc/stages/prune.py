@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 
 import numpy as np
@@ -21,7 +21,7 @@ from lcasc.names import LAYER_SETS, UNPRUNED, UNPRUNED_FT, pruned_name
 from lcasc.recipes import teacher_logits
 from lcasc.run import Run, RunError
 from lcasc.stages import evaluate
-from lcasc.train import TrainConfig, use_compile
+from lcasc.train import TrainConfig
 from lcasc.workers import cpu_count, exit_with_parent
 
 log = logging.getLogger("lcasc")
@@ -96,18 +96,6 @@ def _finetune_job(classes: list[str], spec: dict, state_dict: dict, config: Trai
     return workdir
 
 
-def _spawned_pool(workers: int) -> ProcessPoolExecutor:
-    # spawn, not fork: a forked child of a process that already ran torch's OpenMP pool can hang.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=exit_with_parent)
-
-
-def _finetune_alone(job: tuple) -> str:
-    """:func:`_finetune_job` in a process of its own, which ends with it."""
-    with _spawned_pool(1) as one:
-        return one.submit(_finetune_job, *job).result()
-
-
 def finetune_all(run: Run, nets: dict, config: TrainConfig) -> None:
     """Fine-tune ``nets`` ({name: pruned LowComplexityCNN}) on the run's training split, each in its own
     process on one thread, as many at once as there are cores; each is saved to ``models/<name>/``.
@@ -127,17 +115,10 @@ def finetune_all(run: Run, nets: dict, config: TrainConfig) -> None:
                 _finetune_job(*job)
                 bar.update()
             return
-        if use_compile(config, len(tr)):
-            # A compiled training leaves ~0.1 GB behind in its process (compiled graphs, heap): four networks
-            # fine-tuned one after another in one process grew its peak 0.63 -> 0.87 GB (TAU22-size features).
-            # So each then gets a process of its own, started by one of ``workers`` threads (a few seconds per
-            # network; ``max_tasks_per_child=1`` would say the same, but breaks or hangs the pool on Python
-            # 3.11-3.13: cpython#115634).
-            pool, submit = ThreadPoolExecutor(workers), lambda job: pool.submit(_finetune_alone, job)
-        else:
-            pool, submit = _spawned_pool(workers), lambda job: pool.submit(_finetune_job, *job)
-        with pool:
-            futures = {submit(job): name for name, job in jobs.items()}
+        # spawn, not fork: a forked child of a process that already ran torch's OpenMP pool can hang.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=exit_with_parent) as pool:
+            futures = {pool.submit(_finetune_job, *job): name for name, job in jobs.items()}
             for fut in as_completed(futures):
                 fut.result()  # a failed job raises here; finished ones are saved already
                 log.info("fine-tuned %s", futures[fut])
