@@ -68,9 +68,9 @@ class TrainConfig:
 COMPILE_MIN_SEGMENTS = 20_000
 # Segments per forward pass when only predicting (validation, evaluation, ensembles). Small on purpose: one
 # pass keeps several 16 x 40 x 51 float maps per segment alive (~0.13 MB each), and small batches are also
-# faster on a CPU, their maps staying in cache: predict_logits on 20,000 TAU22-size segments, 2 threads,
-# batch 2048: peak RSS 1.37 GB (on 8,192); batch 256: 1,429-1,638 segments/s, +80-270 MB; batch 32:
-# 2,518-3,119 segments/s, +0-10 MB (2-core EPYC, measured side by side in one session).
+# faster on a CPU, their maps staying in cache. predict_logits, 2 threads, 2-core EPYC: batch 2048 on 8,192
+# segments peaked at 1.37 GB RSS (0.69 at 256); on 20,000 TAU22-size segments, batch 256 ran 1,429-1,543
+# segments/s and added 95-271 MB at its peak, batch 32 ran 2,518-3,119 segments/s and added 0-8 MB.
 INFERENCE_BATCH = 32
 
 
