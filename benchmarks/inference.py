@@ -161,7 +161,8 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from lcasc.predict import Predictor, keep_freed_memory
+    from lcasc.allocator import keep_freed_memory
+    from lcasc.predict import Predictor
 
     keep_freed_memory()  # as predict_files does, so that component timings below see the same allocator
     print(f"\nmachine: {cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min); torch "

@@ -30,13 +30,10 @@ networks, baselines, ensembles (INT8 ones on their INT8 members), ``ensemble_fus
 from __future__ import annotations
 
 import csv
-import ctypes
 import io
 import json
 import logging
 import math
-import os
-import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -117,32 +114,6 @@ def _chosen_name(run_dir: Path, results: dict, model: str | None, ensemble: str 
 
 # ----------------------------------------------------------------------------------------------------------
 # the predictor
-
-_ALLOCATOR_TUNED = False
-
-
-def keep_freed_memory() -> None:
-    """Ask glibc's malloc to serve blocks up to 32 MB from its heap and to keep up to 256 MB of freed memory
-    instead of handing it back to the kernel at every ``free`` (process-wide, once; no-op elsewhere).
-
-    Why: decoding and featurising one second of audio allocates and frees a few 100-kB to MB arrays. With
-    glibc's defaults these are returned to the kernel when freed and page-faulted back in by the next file:
-    ~45 minor faults and ~100 us per 1-s clip, a fifth of all the work (measured in predict_files). Set
-    ``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_`` yourself to override.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return
-    _ALLOCATOR_TUNED = True
-    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    mallopt(m_mmap_threshold, 32 << 20)
-    mallopt(m_trim_threshold, 256 << 20)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 
 from lcasc import augment, distill
+from lcasc.allocator import release_freed_memory
 from lcasc.io import write_text
 from lcasc.workers import cpu_count
 
@@ -72,6 +73,8 @@ COMPILE_MIN_SEGMENTS = 20_000
 # segments peaked at 1.37 GB RSS (0.69 at 256); on 20,000 TAU22-size segments, batch 256 ran 1,429-1,543
 # segments/s and added 95-271 MB at its peak, batch 32 ran 2,518-3,119 segments/s and added 0-8 MB.
 INFERENCE_BATCH = 32
+# Training batches between two hand-backs of freed heap memory to the kernel (a few seconds on a CPU).
+RELEASE_EVERY = 32
 
 
 def use_compile(config: TrainConfig, n_train: int) -> bool:
@@ -228,6 +231,21 @@ class Classification(L.LightningModule):
         self.history = checkpoint.get("history", [])
 
 
+class _ReleaseFreedMemory(Callback):
+    """Gives the heap's free holes back to the kernel every ``every`` training batches and after each
+    validation, so that a long training does not grow its process (:func:`lcasc.allocator.release_freed_memory`)."""
+
+    def __init__(self, every: int = RELEASE_EVERY):
+        self.every = every
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if (batch_idx + 1) % self.every == 0:
+            release_freed_memory()
+
+    def on_validation_end(self, trainer, module):
+        release_freed_memory()
+
+
 class _EpochLog(Callback):
     """Rewrites ``train_log.csv`` (one row per epoch) after each validation."""
 
@@ -271,7 +289,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_log_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
     callbacks = [best, EarlyStopping("val_log_loss", patience=config.patience, mode="min"), _EpochLog(workdir /
-                 "train_log.csv")]
+                 "train_log.csv"), _ReleaseFreedMemory()]
     if config.progress:
         callbacks.append(_EpochBar(leave=False))
     trainer = L.Trainer(max_epochs=config.max_epochs, accelerator="auto", devices=1, logger=False,
@@ -303,6 +321,8 @@ def predict_logits(net: nn.Module, X: np.ndarray, batch_size: int | None = None)
         for start in range(0, len(X), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(X[start:start + batch_size], dtype=np.float32))
             out.append(net(x.unsqueeze(1).to(device)).float().cpu())
+    if len(X) > RELEASE_EVERY * batch_size:  # a long prediction (a split, not a few files): as in training
+        release_freed_memory()
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 

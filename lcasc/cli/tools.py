@@ -183,8 +183,9 @@ def add_predict(sub) -> None:
 def cmd_predict(args) -> int:
     from tqdm.auto import tqdm
 
+    from lcasc.allocator import keep_freed_memory
     from lcasc.audio import AudioError
-    from lcasc.predict import dataset_files, expand, format_predictions, keep_freed_memory, load
+    from lcasc.predict import dataset_files, expand, format_predictions, load
 
     if bool(args.files) == bool(args.dataset):
         print("lcasc: error: give audio files/folders or --dataset PATH (one of the two)", file=sys.stderr)
