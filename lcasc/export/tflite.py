@@ -151,12 +151,16 @@ def convert_keras(mirror, calibration: np.ndarray | None) -> bytes:
     input and output) calibrated on ``calibration`` (N, n_mels, n_frames) real log-mel.
 
     INT8 goes in TFLite's own two steps, calibration (min/max of every tensor over ``calibration``) then
-    quantization, with one change in between (:func:`narrow_tanh_inputs`): a computed tensor read only by
-    TANH ops keeps at most ±:data:`TANH_INPUT_LIMIT` of its calibrated range. Min/max alone spends the int8
-    grid of a pre-activation on values tanh flattens (a distilled network's first convolution spans
-    −28 to +70: a step of 0.38 where tanh is steepest); narrowed, the step is ≤ 0.025 and no output changes
-    beyond the limit. The two steps are the converter's private hooks (``_experimental_calibrate_only``,
-    ``mlir_quantize``, as ``tf.lite.experimental.QuantizationDebugger`` uses them); TensorFlow is pinned.
+    quantization, with two changes in between, both measured on distilled networks (README, docs/EXPORT-NOTES):
+    - :func:`narrow_tanh_inputs`: a computed tensor read only by TANH ops keeps at most
+      ±:data:`TANH_INPUT_LIMIT` of its calibrated range. Min/max alone spends the int8 grid of a
+      pre-activation on values tanh flattens (a distilled network's first convolution spans −28 to +70: a
+      step of 0.38 where tanh is steepest); narrowed, the step is ≤ 0.025 and no output changes beyond it.
+    - :func:`correct_biases`: each convolution's and dense layer's bias absorbs the mean error its int8
+      weights make on the calibration data. The first convolution reads log-mel around −4.5 (and −36 in
+      silence), so a weight's rounding error times that offset shifts the whole output.
+    The two steps are the converter's private hooks (``_experimental_calibrate_only``, ``mlir_quantize``, as
+    ``tf.lite.experimental.QuantizationDebugger`` uses them); TensorFlow is pinned.
     """
     tf = tensorflow()
     converter = tf.lite.TFLiteConverter.from_keras_model(mirror)
@@ -178,7 +182,8 @@ def convert_keras(mirror, calibration: np.ndarray | None) -> bytes:
             return data
         from tensorflow.lite.python.convert import mlir_quantize
 
-        return mlir_quantize(narrow_tanh_inputs(data), input_data_type=tf.int8, output_data_type=tf.int8)
+        calibrated = correct_biases(narrow_tanh_inputs(data), calibration)
+        return mlir_quantize(calibrated, input_data_type=tf.int8, output_data_type=tf.int8)
 
 
 def narrow_tanh_inputs(calibrated: bytes, limit: float = TANH_INPUT_LIMIT) -> bytes:
@@ -212,6 +217,86 @@ def narrow_tanh_inputs(calibrated: bytes, limit: float = TANH_INPUT_LIMIT) -> by
 def _convert(model: LowComplexityCNN, calibration: np.ndarray | None) -> bytes:
     """The TFLite flatbuffer of a network: float32 when ``calibration`` is None, otherwise full-integer INT8."""
     return convert_keras(keras_mirror(model), calibration)
+
+
+def correct_biases(calibrated: bytes, calibration: np.ndarray) -> bytes:
+    """A calibrated float flatbuffer whose CONV_2D and FULLY_CONNECTED biases absorb the mean error of the
+    int8 weights the quantizer will give them (empirical bias correction, Nagel et al. 2019, "Data-Free
+    Quantization Through Weight Equalization and Bias Correction", §4.2).
+
+    The quantizer rounds each output channel's float weights ``w`` to ``q * s`` with ``s = max|w| / 127``
+    (symmetric, per channel), so an output moves by ``(q * s - w) · x`` for its input patch ``x``; averaged
+    over the calibration clips that is ``(q * s - w) · E[x]``, subtracted here from the bias. ``E[x]`` comes
+    from the float model itself (LiteRT on ``calibration``, (N, n_mels, n_frames)), for every such layer at
+    once. Convolutions other than stride 1, dilation 1 keep their bias (none in the Table-1 family).
+    """
+    from tflite_micro.python.tflite_micro import runtime
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    ops = schema.BuiltinOperator
+    model = runtime.convert_bytearray_to_object(bytearray(calibrated))
+    graph = model.subgraphs[0]
+
+    def array(t: int) -> np.ndarray:
+        tensor = graph.tensors[t]
+        return model.buffers[tensor.buffer].data.view(np.float32).reshape(tensor.shape)
+
+    layers = []  # (op, code) whose weights and bias are constants of the file
+    for op in graph.operators:
+        code = runtime.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+        if code not in (ops.CONV_2D, ops.FULLY_CONNECTED) or len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        if any(model.buffers[graph.tensors[t].buffer].data is None for t in op.inputs[1:3]):
+            continue
+        if code == ops.CONV_2D:
+            o = op.builtinOptions
+            if (o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor) != (1, 1, 1, 1):
+                continue
+        layers.append((op, code))
+    if not layers:
+        return calibrated
+    means = _tensor_means(calibrated, calibration, [int(op.inputs[0]) for op, _ in layers])
+    for (op, code), mean in zip(layers, means):
+        w, bias = array(op.inputs[1]), array(op.inputs[2])
+        flat = w.reshape(len(w), -1).astype(np.float64)
+        scale = np.abs(flat).max(axis=1, keepdims=True) / 127
+        q = np.round(np.divide(flat, scale, out=np.zeros_like(flat), where=scale > 0)) * scale
+        if code == ops.CONV_2D:  # w: (out, kh, kw, in); mean: the input map (h, w, in); "same" or "valid" padding
+            kh, kw = w.shape[1:3]
+            if op.builtinOptions.padding == schema.Padding.SAME:
+                top, left = (kh - 1) // 2, (kw - 1) // 2
+                mean = np.pad(mean, ((top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+            oh, ow = mean.shape[0] - kh + 1, mean.shape[1] - kw + 1
+            patch = np.stack([[mean[dy:dy + oh, dx:dx + ow].mean(axis=(0, 1)) for dx in range(kw)]
+                              for dy in range(kh)])  # (kh, kw, in): the mean input patch over all positions
+        else:
+            patch = mean.reshape(-1)
+        bias -= ((q - flat) @ patch.reshape(-1)).astype(np.float32)  # writes into the file's buffer
+    import flatbuffers
+
+    builder = flatbuffers.Builder(len(calibrated))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _tensor_means(model_data: bytes, calibration: np.ndarray, tensors: list[int], batch: int = 100) -> list:
+    """Means over the clips of ``calibration`` of the float model's tensors ``tensors`` (each without its batch
+    axis), in the LiteRT interpreter."""
+    tf = tensorflow()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = tf.lite.Interpreter(model_content=model_data, experimental_preserve_all_tensors=True)
+    index = interpreter.get_input_details()[0]["index"]
+    X = np.asarray(calibration, np.float32)[..., None]
+    sums = [0.0] * len(tensors)
+    for start in range(0, len(X), batch):
+        chunk = X[start:start + batch]
+        interpreter.resize_tensor_input(index, chunk.shape, strict=False)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, chunk)
+        interpreter.invoke()
+        sums = [total + interpreter.get_tensor(t).astype(np.float64).sum(axis=0) for total, t in zip(sums, tensors)]
+    return [total / len(X) for total in sums]
 
 
 def fixed_qparam_violations(path: str | os.PathLike) -> list[str]:
