@@ -7,6 +7,7 @@ import pickle
 import shutil
 
 import numpy as np
+import pytest
 
 from lcasc.data import load_dataset
 from lcasc.features import MappedRows, extract, opened
@@ -94,6 +95,34 @@ def test_tau22_test_and_validation_clips_are_evaluated_once(tmp_path):
     assert seen == [len(run.split("test"))]  # one pass over the 24 evaluate clips, not two (paper protocol)
     assert entry["accuracy"] == entry["validation"]["accuracy"]
 
+
+
+def test_tau22_pruned_networks_before_fine_tuning_run_each_clip_once(tmp_path, monkeypatch):
+    """The prune stage scores each pruned network before fine-tuning on test and validation: one pass over
+    TAU22's evaluate clips, not two (at full size a pass is 29,680 clips per network)."""
+    from lcasc.models.cnn import CNNClassifier, LowComplexityCNN
+    from lcasc.names import UNPRUNED
+    from lcasc.stages import prune
+
+    run = Run(tmp_path / "run", RunConfig(dataset=str(make_tau22(tmp_path / "tau")), silence_db=None,
+                                          validation="evaluate"), progress=False)
+    clf = CNNClassifier(run.classes, spec=run.config.spec(len(run.classes)))
+    clf.net = LowComplexityCNN.from_spec(clf.spec)
+    clf.save(run.model_dir(UNPRUNED))
+    seen = []
+    real = CNNClassifier.predict_proba
+    monkeypatch.setattr(CNNClassifier, "predict_proba", lambda self, X: seen.append(len(X)) or real(self, X))
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(prune, "finetune_all", stop)  # the scores before fine-tuning are what is counted
+    with pytest.raises(Stop):
+        prune.run(run, max_epochs=1)
+    assert seen == [len(run.split("test"))] * 7  # six pruned networks and the unpruned control, once each
 
 def test_holdout_protocol_splits_are_views_too(tmp_path):
     run = Run(tmp_path / "run", RunConfig(dataset=str(make_tau22(tmp_path / "tau")), silence_db=None),

@@ -11,7 +11,7 @@ from lcasc.ensemble import best_subset, paper_table3_subsets
 from lcasc.io import read_json
 from lcasc.registry import resolve
 from lcasc.run import Run, RunError
-from lcasc.stages.evaluate import evaluate_probs
+from lcasc.stages.evaluate import evaluate_probs, test_and_validation_probs
 
 
 def member_classifier(run: Run, entry: dict):
@@ -30,15 +30,14 @@ def run(run: Run, members: list[str] | None = None, budget_params: int = complex
     """Paper Table 3 (all members and each leave-one-out subset) for float and INT8 members, and the best
     subset of all networks within a budget, chosen on the validation split and reported on the test split."""
     nets = {n["name"]: n for n in run.results()["networks"] if n.get("kind", "cnn") == "cnn"}
-    te, va = run.split("test"), run.split("validate")
+    va = run.split("validate")
     probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def member_probs(name):
         if name not in probs:
             probs[name] = run.probabilities(name)
         if probs[name] is None:
-            clf = member_classifier(run, nets[name])
-            probs[name] = (clf.predict_proba(te.X), clf.predict_proba(va.X))
+            probs[name] = test_and_validation_probs(run, member_classifier(run, nets[name]))
         return probs[name]
 
     def record(name, subset, extra):

@@ -15,18 +15,23 @@ from lcasc.run import Run, RunError
 log = logging.getLogger("lcasc")
 
 
-def evaluate_classifier(run: Run, clf, name: str, extra: dict | None = None, figure: bool = True) -> dict:
-    """Evaluate any classifier on the test split (and validation); returns the results entry fields."""
+def test_and_validation_probs(run: Run, clf) -> tuple[np.ndarray, np.ndarray]:
+    """``clf``'s probabilities on the test split and on the validation split, each clip run once: in TAU22's
+    development set they are the same clips (the same rows of the feature file), and a full-size split costs
+    minutes per network (an INT8 file in TFLite Micro: milliseconds per clip)."""
     te, va = run.split("test"), run.split("validate")
     if len(te) == 0:
         raise RunError("the test split has no usable segments to evaluate on")
     test_probs = clf.predict_proba(te.X)
-    # TAU22's development set: test and validation are the same clips (the same rows of the feature file),
-    # so each clip is run once (an INT8 file in TFLite Micro costs milliseconds per clip).
     aliases = run.dataset.aliases
     same = ((te.mapped() is not None and te.mapped() == va.mapped())
             or aliases.get("test", "test") == aliases.get("validate", "validate"))  # in memory, same split
-    return evaluate_probs(run, name, test_probs, test_probs if same else clf.predict_proba(va.X), extra, figure)
+    return test_probs, test_probs if same else clf.predict_proba(va.X)
+
+
+def evaluate_classifier(run: Run, clf, name: str, extra: dict | None = None, figure: bool = True) -> dict:
+    """Evaluate any classifier on the test split (and validation); returns the results entry fields."""
+    return evaluate_probs(run, name, *test_and_validation_probs(run, clf), extra, figure)
 
 
 def evaluate_probs(run: Run, name: str, test_probs: np.ndarray, val_probs: np.ndarray, extra: dict | None = None,

@@ -55,10 +55,9 @@ def run(run: Run, layers: list[str] | None = None, criterion: str = "similarity"
             base.net, {layer: removed_all[layer] for layer in LAYER_SETS[combo]})
     nets[UNPRUNED_FT] = pruning.prune_network(base.net, {})  # a copy: nothing removed
     for name, net in nets.items():
-        pruned = CNNClassifier(run.classes, net=net)
-        before[name] = {split: {k: round(v, 6) for k, v in metrics.scores(pruned.predict_proba(fs.X), fs.y,
-                                                                          len(run.classes)).items()}
-                        for split, fs in (("test", te), ("validate", va))}
+        probs = evaluate.test_and_validation_probs(run, CNNClassifier(run.classes, net=net))
+        before[name] = {split: {k: round(v, 6) for k, v in metrics.scores(p, fs.y, len(run.classes)).items()}
+                        for split, fs, p in (("test", te, probs[0]), ("validate", va, probs[1]))}
     for name in nets:  # the budget a model in models/<name>/ is (being) fine-tuned with, fixed once
         saved = read_json(run.model_dir(name) / "finetune.json")
         if saved is not None and saved != budget and (run.model_dir(name) / "model.pt").is_file():
