@@ -331,13 +331,17 @@ def load_segments(path: str | Path, min_last: float = 0.5, sample_rate: int = SA
 def duration(path: str | Path) -> float:
     """Seconds of audio in ``path`` from its header; 0 when it is unreadable (decoding names the problem).
 
-    PCM WAV headers are read here (~20 us a file); other files ask libsndfile (~170 us: it opens the
-    whole decoder). Both count the whole frames the file holds."""
+    PCM WAV headers are read here with bare system calls (~11 us a file; through Python's buffered file
+    object ~20 us); other files ask libsndfile (~170 us: it opens the whole decoder). Both count the whole
+    frames the file holds."""
     path = path if isinstance(path, Path) else Path(path)
     try:
         if path.suffix.lower() in (".wav", ".wave"):
-            with open(path, "rb") as fh:
-                head, size = fh.read(4096), os.fstat(fh.fileno()).st_size
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                head, size = os.pread(fd, 4096, 0), os.fstat(fd).st_size
+            finally:
+                os.close(fd)
             layout = _pcm_wav_layout(memoryview(head), path, file_size=size)
             if layout is not None:
                 return layout[1] / layout[3]

@@ -127,34 +127,29 @@ def chunk_recordings(recs: list[Recording], seconds: list[float], chunk_seconds:
     return chunks
 
 
-def _file_facts(recs: list[Recording], root: Path, cache: Path, pool: ThreadPoolExecutor
-                ) -> list[tuple[float, int, int]]:
+def _file_facts(recs: list[Recording], root: Path, cache: Path) -> list[tuple[float, int, int]]:
     """(seconds of audio, size in bytes, modification time in ns) of each recording.
 
     The seconds come from each file's header, read once: they are kept in the cache (``facts-<key>.npz``,
     one per dataset root) with the size and modification time the file had, so that reopening a cached
     dataset costs one ``os.stat`` per file (TAU22's 169,300 headers took 12-40 s to read again in every
     process); a file whose size or modification time changed, or a new one, has its header read again.
-    The work goes to the pool a few hundred files per task (one task per file would cost more in scheduling
-    than the work)."""
+    All in the calling thread: the work per file is a few microseconds of Python between system calls, so
+    threads only contend for the GIL (10,000 new TAU22 clips, page cache warm: 0.14 s in one thread, 0.34 s
+    on two)."""
     path = cache / f"facts-{hashlib.sha256(str(root).encode()).hexdigest()[:32]}.npz"
     known = _load_facts(path)
 
-    def facts(block: list[Recording]) -> tuple[list[tuple[float, int, int]], int]:
-        out, read = [], 0
-        for r in block:
-            st = os.stat(r.path)
-            seen = known.get(str(r.path))
-            if seen is not None and seen[1:] == (st.st_size, st.st_mtime_ns):
-                out.append(seen)
-            else:
-                out.append((audio.duration(r.path), st.st_size, st.st_mtime_ns))
-                read += 1
-        return out, read
-
-    parts = list(pool.map(facts, [recs[s:s + 256] for s in range(0, len(recs), 256)]))
-    result = [f for part, _ in parts for f in part]
-    if any(read for _, read in parts):
+    result, read = [], 0
+    for r in recs:
+        st = os.stat(r.path)
+        seen = known.get(str(r.path))
+        if seen is not None and seen[1:] == (st.st_size, st.st_mtime_ns):
+            result.append(seen)
+        else:
+            result.append((audio.duration(r.path), st.st_size, st.st_mtime_ns))
+            read += 1
+    if read:
         # the facts of other files under the same root (another list of the same folder) are kept too
         kept = {**known, **{str(r.path): f for r, f in zip(recs, result)}}
         seconds, size, mtime_ns = (list(c) for c in zip(*kept.values()))
@@ -331,7 +326,7 @@ def extract(dataset: Dataset, params: FeatureParams = DEFAULT_PARAMS, cache_dir:
 
     torch.set_num_threads(cpu_count())
     with ThreadPoolExecutor(max_workers=cpu_count()) as pool:
-        facts = _file_facts(recs, Path(dataset.root), cache, pool)
+        facts = _file_facts(recs, Path(dataset.root), cache)
         chunks = chunk_recordings(recs, [f[0] for f in facts], chunk_seconds)
         with tqdm(total=len(recs), desc="features", unit="file", disable=not progress) as bar:
             base, todo = 0, []

@@ -1,5 +1,3 @@
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
 import scipy.signal
@@ -106,16 +104,15 @@ def test_file_facts_are_kept_and_a_changed_file_is_read_again(tmp_path):
     recs = sorted(ds.recordings, key=lambda r: r.name)
     cache = tmp_path / "cache"
     cache.mkdir()
-    with ThreadPoolExecutor(2) as pool:
-        assert [f[0] for f in _file_facts(recs, ds.root, cache, pool)] == [1.0] * len(recs)
-        [kept] = cache.glob("facts-*.npz")
-        with np.load(kept) as z:
-            data = dict(z)
-        data["seconds"] = data["seconds"] * 3  # marked: a header says 1.0, the kept facts now 3.0
-        np.savez(kept, **data)
-        changed = recs[2].path
-        sf.write(changed, np.zeros(2 * 44_100), 44_100, subtype="PCM_24")  # another size and time: read again
-        again = _file_facts(recs, ds.root, cache, pool)
+    assert [f[0] for f in _file_facts(recs, ds.root, cache)] == [1.0] * len(recs)
+    [kept] = cache.glob("facts-*.npz")
+    with np.load(kept) as z:
+        data = dict(z)
+    data["seconds"] = data["seconds"] * 3  # marked: a header says 1.0, the kept facts now 3.0
+    np.savez(kept, **data)
+    changed = recs[2].path
+    sf.write(changed, np.zeros(2 * 44_100), 44_100, subtype="PCM_24")  # another size and time: read again
+    again = _file_facts(recs, ds.root, cache)
     assert [f[0] for f in again] == [2.0 if r.path == changed else 3.0 for r in recs]
     assert [f[1:] for f in again] == [(r.path.stat().st_size, r.path.stat().st_mtime_ns) for r in recs]
 
