@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import mmap
 import os
 import sys
+
+import numpy as np
 
 
 @functools.cache
@@ -65,3 +68,27 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     libc.mallopt(m_mmap_threshold, 32 << 20)
     libc.mallopt(m_trim_threshold, 256 << 20)
+
+
+def release_mapped_pages(*arrays) -> int:
+    """Drop the pages of read-only memory-mapped ``arrays`` (``np.memmap`` opened with mode ``"r"``) from this
+    process's resident set; returns how many maps it released. Other arrays are left alone.
+
+    Why: a training reads every row of its memory-mapped features each epoch, so every page of the map ends up
+    resident in every process that trains from it (TAU22 fold1: 1.19 GB, in the prune stage's parent and both
+    fine-tuning workers). The pages stay in the kernel's page cache: the next read of a row is a minor fault,
+    not a disk read. Only read-only maps: a copy-on-write map (mode ``"c"``) may hold rows written in this
+    process, which ``MADV_DONTNEED`` would silently throw away."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    seen, released = set(), 0
+    for a in arrays:
+        m = getattr(a, "_mmap", None) if isinstance(a, np.memmap) and a.mode == "r" else None
+        if m is None or advice is None or id(m) in seen:
+            continue
+        seen.add(id(m))
+        try:
+            m.madvise(advice)
+        except (OSError, ValueError):  # a closed map, or a platform without madvise
+            continue
+        released += 1
+    return released

@@ -47,8 +47,9 @@ class MappedRows:
     stop: int
 
     def open(self) -> np.ndarray:
-        # copy-on-write: writable for torch.from_numpy, but the file and the shared pages stay as they are
-        return np.load(self.path, mmap_mode="c")[self.start:self.stop]
+        # read-only: a worker only reads its features, and can hand the pages it has read back to the page
+        # cache (lcasc.allocator.release_mapped_pages)
+        return np.load(self.path, mmap_mode="r")[self.start:self.stop]
 
 
 def opened(arrays) -> tuple:

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 
 from lcasc import augment, distill
-from lcasc.allocator import release_freed_memory
+from lcasc.allocator import release_freed_memory, release_mapped_pages
 from lcasc.io import write_text
 from lcasc.workers import cpu_count
 
@@ -115,9 +115,11 @@ class _InMemory(torch.utils.data.Dataset):
 
     def __init__(self, X: np.ndarray, y: np.ndarray, teacher: np.ndarray | None = None, impulse=None,
                  seed: int = 0, epoch=lambda: 0):
-        self.X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).unsqueeze(1)
-        self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
-        self.teacher = None if teacher is None else torch.from_numpy(np.asarray(teacher, dtype=np.float32))
+        with warnings.catch_warnings():  # read-only maps (a worker's): batches are copied out, never written
+            warnings.filterwarnings("ignore", ".*not writable.*")
+            self.X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).unsqueeze(1)
+            self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+            self.teacher = None if teacher is None else torch.from_numpy(np.asarray(teacher, dtype=np.float32))
         self.impulse, self.seed, self.epoch = impulse, seed, epoch
         if impulse is not None:
             self.copies, self.slot = impulse.open()
@@ -233,17 +235,21 @@ class Classification(L.LightningModule):
 
 class _ReleaseFreedMemory(Callback):
     """Gives the heap's free holes back to the kernel every ``every`` training batches and after each
-    validation, so that a long training does not grow its process (:func:`lcasc.allocator.release_freed_memory`)."""
+    validation, so that a long training does not grow its process (:func:`lcasc.allocator.release_freed_memory`),
+    and the pages of read-only memory-mapped ``mapped`` features it has read (:func:`lcasc.allocator.
+    release_mapped_pages`)."""
 
-    def __init__(self, every: int = RELEASE_EVERY):
-        self.every = every
+    def __init__(self, every: int = RELEASE_EVERY, mapped: tuple = ()):
+        self.every, self.mapped = every, mapped
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if (batch_idx + 1) % self.every == 0:
             release_freed_memory()
+            release_mapped_pages(*self.mapped)
 
     def on_validation_end(self, trainer, module):
         release_freed_memory()
+        release_mapped_pages(*self.mapped)
 
 
 class _EpochLog(Callback):
@@ -289,7 +295,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_log_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
     callbacks = [best, EarlyStopping("val_log_loss", patience=config.patience, mode="min"), _EpochLog(workdir /
-                 "train_log.csv"), _ReleaseFreedMemory()]
+                 "train_log.csv"), _ReleaseFreedMemory(mapped=(X, X_val))]
     if config.progress:
         callbacks.append(_EpochBar(leave=False))
     trainer = L.Trainer(max_epochs=config.max_epochs, accelerator="auto", devices=1, logger=False,

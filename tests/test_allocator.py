@@ -31,10 +31,33 @@ def test_release_freed_memory_returns_the_heaps_free_holes():
 
 def test_training_releases_freed_memory_every_few_batches_and_after_validation(tmp_path, monkeypatch):
     calls = []
+    mapped = []
     monkeypatch.setattr(train, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(train, "release_mapped_pages", lambda *arrays: mapped.append(arrays))
     X, y = synthetic_logmel(8 * 2 * train.RELEASE_EVERY, seed=0)  # batches of 8: two releases' worth per epoch
     Xv, yv = synthetic_logmel(64, seed=1)
     fit(LowComplexityCNN(), X, y, Xv, yv, TrainConfig(max_epochs=2, patience=10, batch_size=8, progress=False,
                                                     threads=1),
         tmp_path)
     assert len(calls) == 2 * (2 + 1)  # per epoch: two during training, one after validation
+    assert len(mapped) == len(calls) and all(a[0] is X and a[1] is Xv for a in mapped)  # and the features' pages
+
+
+def test_read_pages_of_a_read_only_feature_map_leave_the_resident_set(tmp_path):
+    """A training touches every page of its memory-mapped features each epoch; releasing them takes them out of
+    the process's resident memory, the values stay readable, and a copy-on-write map (which may hold writes)
+    is left alone."""
+    path = tmp_path / "X.npy"
+    np.save(path, np.arange(16_000_000, dtype=np.float32).reshape(-1, 40, 50))  # 64 MB
+    X = np.load(path, mmap_mode="r")[100:]  # a split: a view of the map, as FeatureSet.subset gives
+    before = _resident_bytes()
+    total = float(X.sum(dtype=np.float64))  # reads every page
+    held = _resident_bytes() - before
+    assert held > 48e6
+    assert allocator.release_mapped_pages(X, X[:10]) == 1  # one map, released once
+    assert _resident_bytes() - before < held - 48e6
+    assert float(X.sum(dtype=np.float64)) == total
+    written = np.load(path, mmap_mode="c")
+    written[0] = -1  # a copy-on-write map with a row written in this process: never released
+    assert allocator.release_mapped_pages(written, np.ones(3)) == 0
+    assert written[0, 0, 0] == -1
