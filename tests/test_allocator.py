@@ -30,17 +30,19 @@ def test_release_freed_memory_returns_the_heaps_free_holes():
 
 
 def test_training_releases_freed_memory_every_few_batches_and_after_validation(tmp_path, monkeypatch):
+    """Every RELEASE_EVERY batches of training and of validation, and after each validation (the features'
+    mapped pages: with the training batches and after validation)."""
     calls = []
     mapped = []
     monkeypatch.setattr(train, "release_freed_memory", lambda: calls.append(1))
     monkeypatch.setattr(train, "release_mapped_pages", lambda *arrays: mapped.append(arrays))
     X, y = synthetic_logmel(8 * 2 * train.RELEASE_EVERY, seed=0)  # batches of 8: two releases' worth per epoch
-    Xv, yv = synthetic_logmel(64, seed=1)
+    Xv, yv = synthetic_logmel(train.INFERENCE_BATCH * train.RELEASE_EVERY, seed=1)  # one release's worth
     fit(LowComplexityCNN(), X, y, Xv, yv, TrainConfig(max_epochs=2, patience=10, batch_size=8, progress=False,
                                                     threads=1),
         tmp_path)
-    assert len(calls) == 2 * (2 + 1)  # per epoch: two during training, one after validation
-    assert len(mapped) == len(calls) and all(a[0] is X and a[1] is Xv for a in mapped)  # and the features' pages
+    assert len(calls) == 2 * (2 + 1 + 1)  # per epoch: two during training, one during and one after validation
+    assert len(mapped) == 2 * (2 + 1) and all(a[0] is X and a[1] is Xv for a in mapped)
 
 
 def test_read_pages_of_a_read_only_feature_map_leave_the_resident_set(tmp_path):
