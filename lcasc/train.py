@@ -234,9 +234,10 @@ class Classification(L.LightningModule):
 
 
 class _ReleaseFreedMemory(Callback):
-    """Gives the heap's free holes back to the kernel every ``every`` training batches and after each
-    validation, so that a long training does not grow its process (:func:`lcasc.allocator.release_freed_memory`),
-    and the pages of read-only memory-mapped ``mapped`` features it has read (:func:`lcasc.allocator.
+    """Gives the heap's free holes back to the kernel every ``every`` batches of training and of validation and
+    after each validation, so that a long training does not grow its process
+    (:func:`lcasc.allocator.release_freed_memory`); and, with the training batches and after each validation,
+    the pages it has read of read-only memory-mapped ``mapped`` features (:func:`lcasc.allocator.
     release_mapped_pages`)."""
 
     def __init__(self, every: int = RELEASE_EVERY, mapped: tuple = ()):
