@@ -2,13 +2,17 @@
 
 Both train the same network (same initial weights) with the same recipe (Adam 1e-3, batch 64, cross-entropy,
 one validation pass per epoch in batches of INFERENCE_BATCH), on the same real features (the embedded ESC-10
-log-mel, repeated to ``--segments``) in the same shuffled batches (lcasc's sampler), in one process, one after
-the other, ``--repeats`` times alternately (fair under a shared machine's changing load). Printed: training
-segments per second of each epoch after the first (the first holds torch.compile's one-off cost, printed
-apart), their medians and the ratio, and each loop's final validation log-loss and accuracy (equal in
-distribution: the compiled step computes the same function, in another order of floating-point operations).
+log-mel, repeated to ``--segments``) in the same shuffled batches (lcasc's sampler), one after the other,
+``--repeats`` times alternately (fair under a shared machine's changing load). The plain loop runs in this
+process on all its threads; lcasc as ``lcasc run`` would for this many segments (compiled, and data-parallel
+in one process per CPU: :func:`lcasc.train.processes`). Printed: training segments per second of each epoch
+after the first (the first holds the one-off costs: torch.compile, starting the processes; printed apart),
+their medians and the ratio, and each loop's final validation log-loss and accuracy (equal in distribution,
+not in bits: the compiled step computes the same function in another order of floating-point operations, and
+data-parallel processes normalise each batch-norm layer over their own share of the batch, 32 of its 64 rows).
 
 Run: python benchmarks/train_throughput.py [--segments N] [--epochs N] [--repeats N] [--compile auto|on|off]
+     [--processes N]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -26,7 +31,7 @@ import torch.nn.functional as F
 from lcasc.data import load_dataset
 from lcasc.features import extract
 from lcasc.models.cnn import LowComplexityCNN
-from lcasc.train import INFERENCE_BATCH, TrainConfig, fit, loader, use_compile
+from lcasc.train import INFERENCE_BATCH, TrainConfig, fit, loader, processes, use_compile
 from lcasc.workers import cpu_count
 
 
@@ -53,19 +58,26 @@ def plain_loop(X, y, Xv, yv, epochs: int) -> tuple[list[float], float, float]:
 
 
 class _EpochTimer(L.Callback):
-    def __init__(self):
-        self.times, self._t0 = [], 0.0
+    """Seconds of each epoch (training and validation), appended to ``path`` by the first training process
+    (with several, they run in processes of their own)."""
+
+    def __init__(self, path):
+        self.path, self._t0 = path, 0.0
 
     def on_train_epoch_start(self, trainer, module):
         self._t0 = time.perf_counter()
 
     def on_validation_end(self, trainer, module):  # after the epoch's validation, as the plain loop
-        self.times.append(time.perf_counter() - self._t0)
+        if trainer.is_global_zero:
+            with open(self.path, "a") as fh:
+                fh.write(f"{time.perf_counter() - self._t0}\n")
 
 
-def lcasc_loop(X, y, Xv, yv, epochs: int, compile_: bool | None) -> tuple[list[float], float, float]:
+def lcasc_loop(X, y, Xv, yv, epochs: int, compile_: bool | None, processes: int | None
+               ) -> tuple[list[float], float, float]:
     torch.manual_seed(0)
-    timer = _EpochTimer()
+    times = tempfile.NamedTemporaryFile(suffix=".txt", delete=False).name
+    timer = _EpochTimer(times)
     import lcasc.train as train
 
     original = train.L.Trainer
@@ -76,11 +88,13 @@ def lcasc_loop(X, y, Xv, yv, epochs: int, compile_: bool | None) -> tuple[list[f
     train.L.Trainer = trainer
     try:
         with tempfile.TemporaryDirectory() as d:
-            _, history = fit(LowComplexityCNN(), X, y, Xv, yv, TrainConfig(max_epochs=epochs, patience=10**6,
-                                                                            progress=False, compile=compile_), d)
+            _, history = fit(LowComplexityCNN(), X, y, Xv, yv, TrainConfig(
+                max_epochs=epochs, patience=10**6, progress=False, compile=compile_, processes=processes), d)
     finally:
         train.L.Trainer = original
-    return timer.times, history[-1]["val_log_loss"], history[-1]["val_accuracy"]
+    seconds = [float(t) for t in Path(times).read_text().split()]
+    Path(times).unlink()
+    return seconds, history[-1]["val_log_loss"], history[-1]["val_accuracy"]
 
 
 def main() -> None:
@@ -90,6 +104,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="trainings of each loop, alternating")
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                     help="lcasc's torch.compile setting (auto: what lcasc run would do for this many segments)")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="lcasc's data-parallel training processes (default: what lcasc run would use)")
     args = ap.parse_args()
     torch.set_num_threads(cpu_count())
     fs, _ = extract(load_dataset(None), progress=False, silence_db=-60.0)
@@ -99,19 +115,21 @@ def main() -> None:
     Xv, yv = np.ascontiguousarray(va.X), va.y
     compile_ = {"auto": None, "on": True, "off": False}[args.compile]
     compiled = use_compile(TrainConfig(compile=compile_), len(X))
+    world = processes(TrainConfig(processes=args.processes), len(X))
     plain_loop(X[:256], y[:256], Xv[:64], yv[:64], 1)  # warm-up
     rates = {"plain": [], "lcasc": []}
     first, final = {"plain": [], "lcasc": []}, {}
     for _ in range(args.repeats):
         for name in ("plain", "lcasc"):
             times, loss, acc = (plain_loop(X, y, Xv, yv, args.epochs) if name == "plain"
-                                else lcasc_loop(X, y, Xv, yv, args.epochs, compile_))
+                                else lcasc_loop(X, y, Xv, yv, args.epochs, compile_, args.processes))
             rates[name] += [len(X) / t for t in times[1:]]
             first[name].append(times[0])
             final[name] = (loss, acc)
     print(f"{cpu_count()} CPUs (torch threads {torch.get_num_threads()}), load average "
           f"{__import__('os').getloadavg()[0]:.1f}; {len(X)} real training segments (ESC-10 repeated), "
-          f"{len(Xv)} validation, batch 64, {args.epochs} epochs x {args.repeats}; lcasc torch.compile: {compiled}")
+          f"{len(Xv)} validation, batch 64, {args.epochs} epochs x {args.repeats}; lcasc torch.compile: {compiled}, "
+          f"{world} data-parallel process(es)")
     for name, label in (("plain", "plain PyTorch loop"), ("lcasc", "lcasc.train.fit")):
         r = rates[name]
         print(f"{label:<20} median {statistics.median(r):7.0f} segments/s (epochs 2+: "

@@ -4,6 +4,16 @@ PyTorch Lightning runs the loop (devices, checkpoints, early stopping, progress 
 what to compute. Features stay in memory as tensors and batches are sliced from them, with the shuffle
 order a function of (seed, epoch), so an interrupted run resumed from ``last.ckpt`` continues exactly as an
 uninterrupted one would.
+
+On a CPU-only machine a large training runs data-parallel (:func:`processes`): one process per CPU, one
+thread each, every process computing its share of each batch of 64 (:func:`share`; Lightning's DDP over gloo
+averages their gradients) and of each validation pass. Why: these networks' operations are too small to
+split between threads; two processes of one thread each trained 1.6x the segments per second of one process
+of two threads here (benchmarks/train_throughput.py measures the whole training). What changes: each
+process's batch-norm layers normalise over its own share of the batch (32 rows, not 64), and the running
+statistics are those of the first process (DDP hands its buffers to the others before every forward pass,
+validation's included), so a data-parallel training equals a single-process one in distribution, not in bits;
+it is deterministic for a given number of processes, and resumes as one.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
 from lcasc import augment, distill
@@ -50,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     threads: int | None = None  # CPU threads; None: every core (fine-tuning jobs use one each, side by side)
+    processes: int | None = None  # data-parallel training processes; None: as :func:`processes` decides
     compile: bool | None = None  # torch.compile the training step; None: on CPU when the set is large (below)
     # Knowledge distillation (lcasc.distill): weight of the label loss (1: plain cross-entropy) and temperature.
     kd_lambda: float = 1.0
@@ -84,6 +96,27 @@ def use_compile(config: TrainConfig, n_train: int) -> bool:
     return n_train >= COMPILE_MIN_SEGMENTS and not torch.cuda.is_available()
 
 
+def processes(config: TrainConfig, n_train: int) -> int:
+    """How many processes :func:`fit` trains in, data-parallel: as asked (``config.processes``), else one per
+    CPU (:func:`lcasc.workers.cpu_count`) on CPU-only machines for large sets (each process starts and
+    compiles on its own: it pays off where compiling does), and 1 when ``config.threads`` is set (fine-tuning
+    jobs already run side by side, a thread each) or a GPU is there."""
+    if config.processes is not None:
+        return max(1, int(config.processes))
+    if config.threads is not None or torch.cuda.is_available() or n_train < COMPILE_MIN_SEGMENTS:
+        return 1
+    return cpu_count()
+
+
+def share(n: int, rank: int, world: int) -> tuple[int, int, float]:
+    """Rows ``start:stop`` of a batch of ``n`` that process ``rank`` of ``world`` computes, and the weight of
+    its mean loss: an even split, weighted ``len(share) * world / n`` so that the average of the processes'
+    gradients (what DDP computes) is the whole batch's. A process whose share would be empty (``n < world``,
+    a last batch) computes row 0 with weight 0: every process must run every step."""
+    start, stop = rank * n // world, (rank + 1) * n // world
+    return (start, stop, (stop - start) * world / n) if stop > start else (0, 1, 0.0)
+
+
 class EpochBatches(torch.utils.data.Sampler):
     """Index batches of a shuffled permutation that depends only on (seed, epoch).
 
@@ -91,8 +124,9 @@ class EpochBatches(torch.utils.data.Sampler):
     a resume from a checkpoint, so the trainer's own epoch counter is read instead).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, epoch=lambda: 0):
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, epoch=lambda: 0, rank=lambda: (0, 1)):
         self.n, self.batch_size, self.seed, self.shuffle, self.epoch = n, batch_size, seed, shuffle, epoch
+        self.rank = rank  # (this process's rank, processes): each batch is cut into their shares (:func:`share`)
 
     def __iter__(self):
         # A generator: the order is drawn when the first batch is fetched, when the epoch counter is current.
@@ -101,7 +135,10 @@ class EpochBatches(torch.utils.data.Sampler):
             order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
-        yield from order.split(self.batch_size)
+        rank, world = self.rank()
+        for batch in order.split(self.batch_size):
+            start, stop, _ = share(len(batch), rank, world)
+            yield batch[start:stop]
 
     def __len__(self) -> int:
         return (self.n + self.batch_size - 1) // self.batch_size
@@ -150,9 +187,9 @@ class _InMemory(torch.utils.data.Dataset):
 
 
 def loader(X: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool, epoch=lambda: 0,
-           teacher: np.ndarray | None = None, impulse=None):
+           teacher: np.ndarray | None = None, impulse=None, rank=lambda: (0, 1)):
     return torch.utils.data.DataLoader(_InMemory(X, y, teacher, impulse, seed, epoch), batch_size=None,
-                                       sampler=EpochBatches(len(y), batch_size, seed, shuffle, epoch))
+                                       sampler=EpochBatches(len(y), batch_size, seed, shuffle, epoch, rank))
 
 
 def compiled_forward(net: nn.Module):
@@ -179,10 +216,12 @@ class Classification(L.LightningModule):
     """Any torch module mapping features to logits, trained with cross-entropy, or with the distillation loss
     of :mod:`lcasc.distill` when batches carry teacher logits, on batches augmented by :mod:`lcasc.augment`."""
 
-    def __init__(self, net: nn.Module, lr: float = 1e-3, config: TrainConfig | None = None, compiled: bool = False):
+    def __init__(self, net: nn.Module, lr: float = 1e-3, config: TrainConfig | None = None, compiled: bool = False,
+                 rows: tuple[int, int] = (0, 0)):
         super().__init__()
         self.net, self.lr = net, lr
         self.config = config or TrainConfig()
+        self.rows = rows  # (training, validation) segments: where each batch ends, for the processes' shares
         # The training forward pass, compiled or not. Kept out of the module's children (and so out of its
         # state_dict and checkpoints): it shares ``net``'s parameters. Validation runs ``net`` eagerly.
         self.__dict__["_train_forward"] = compiled_forward(net) if compiled else net
@@ -193,6 +232,15 @@ class Classification(L.LightningModule):
     def forward(self, x):
         return self.net(x)
 
+    def _weight(self, rows: int, batch_size: int, batch_idx: int) -> float:
+        """This process's weight for its share of batch ``batch_idx`` of ``rows`` (:func:`share`)."""
+        n = min(batch_size, rows - batch_idx * batch_size)
+        return share(n, self.trainer.global_rank, self.trainer.world_size)[2]
+
+    def setup(self, stage):
+        if self.trainer.world_size > 1:  # in each training process: the CPUs shared out between them
+            torch.set_num_threads(max(1, (self.config.threads or cpu_count()) // self.trainer.world_size))
+
     def training_step(self, batch, batch_idx):
         x, y, *teacher = batch
         mix = None
@@ -201,24 +249,35 @@ class Classification(L.LightningModule):
                                                                                batch_idx))
         loss = distill.kd_loss(self._train_forward(x), y, teacher[0] if teacher else None, self.config.kd_lambda,
                                self.config.kd_temperature, mix)
+        if self.trainer.world_size > 1:
+            loss = loss * self._weight(self.rows[0], self.config.batch_size, batch_idx)
         self._train_loss.append(loss.detach())
         return loss
 
-    def validation_step(self, batch, _):
+    def validation_step(self, batch, batch_idx):
         x, y = batch
-        self._val.append((self.net(x).float(), y))
+        if self.trainer.world_size == 1 or self._weight(self.rows[1], INFERENCE_BATCH, batch_idx) > 0:
+            self._val.append((self.net(x).float(), y))
 
     def on_validation_epoch_end(self):
         logits = torch.cat([v[0] for v in self._val])
         y = torch.cat([v[1] for v in self._val])
         self._val.clear()
-        val_loss = F.cross_entropy(logits, y)  # = multi-class log-loss of the softmax probabilities
-        val_acc = (logits.argmax(1) == y).float().mean()
+        # sums over this process's share, then over all processes: the log-loss (cross-entropy of the softmax
+        # probabilities) and accuracy of the whole validation set, the same in every process
+        train = torch.stack(self._train_loss).double() if self._train_loss else torch.zeros(0, dtype=torch.float64)
+        sums = torch.stack([F.cross_entropy(logits.double(), y, reduction="sum"),
+                            (logits.argmax(1) == y).sum().double(), torch.tensor(float(len(y)), dtype=torch.float64),
+                            train.sum(), torch.tensor(float(len(train)), dtype=torch.float64)])
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(sums)
+        val_loss, val_acc = (sums[0] / sums[2]).float(), (sums[1] / sums[2]).float()
         self.log("val_log_loss", val_loss, prog_bar=True)
         self.log("val_accuracy", val_acc, prog_bar=True)
         if self.trainer.sanity_checking:
             return
-        train_loss = torch.stack(self._train_loss).mean().item() if self._train_loss else float("nan")
+        # the mean over steps of the batch's loss (each process holds its weighted share of every step's)
+        train_loss = (sums[3] / sums[4]).item() if sums[4] > 0 else float("nan")
         self._train_loss.clear()
         self.history.append({"epoch": self.current_epoch, "train_loss": round(train_loss, 6),
                              "val_log_loss": round(val_loss.item(), 6), "val_accuracy": round(val_acc.item(), 6)})
@@ -266,7 +325,7 @@ class _EpochLog(Callback):
         self.path = path
 
     def on_validation_end(self, trainer, module):
-        if trainer.sanity_checking or not module.history:
+        if trainer.sanity_checking or not module.history or not trainer.is_global_zero:
             return
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(module.history[0]), lineterminator="\n")
@@ -298,30 +357,40 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
         raise ValueError(f"cannot train with {len(X)} training and {len(X_val)} validation segments")
     L.seed_everything(config.seed, workers=True, verbose=False)
     torch.set_num_threads(config.threads or cpu_count())
-    module = Classification(net.train(), config.lr, config, compiled=use_compile(config, len(X)))
+    world = processes(config, len(X))
+    module = Classification(net.train(), config.lr, config, compiled=use_compile(config, len(X)),
+                            rows=(len(X), len(X_val)))
     best = ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_log_loss", mode="min", save_top_k=1,
                            save_last=True, enable_version_counter=False)
     callbacks = [best, EarlyStopping("val_log_loss", patience=config.patience, mode="min"), _EpochLog(workdir /
                  "train_log.csv"), _ReleaseFreedMemory(mapped=(X, X_val))]
     if config.progress:
         callbacks.append(_EpochBar(leave=False))
-    trainer = L.Trainer(max_epochs=config.max_epochs, accelerator="auto", devices=1, logger=False,
+    # several processes: forked, not spawned (nothing to pickle: they share the memory-mapped features)
+    parallel = dict(accelerator="cpu", devices=world, strategy=DDPStrategy(start_method="fork",
+                                                                            process_group_backend="gloo"))
+    trainer = L.Trainer(max_epochs=config.max_epochs, logger=False, use_distributed_sampler=False,
+                        **(parallel if world > 1 else dict(accelerator="auto", devices=1)),
                         callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
                         num_sanity_val_steps=0, deterministic=True, default_root_dir=workdir)
+    rank = lambda: (trainer.global_rank, trainer.world_size)  # noqa: E731 - asked in each process
     last = workdir / "last.ckpt"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*(LeafSpec|treespec|TreeSpec).*")
         # workdir holds finetune.json (the budget), or the checkpoints of a training being resumed
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        # the validation metrics are already the whole set's in every process (on_validation_epoch_end)
+        warnings.filterwarnings("ignore", ".*sync_dist=True.*")
         trainer.fit(module, loader(X, y, config.batch_size, config.seed, True, lambda: trainer.current_epoch,
-                                        teacher_logits, impulse),
-                    loader(X_val, y_val, INFERENCE_BATCH, config.seed, False),
+                                        teacher_logits, impulse, rank),
+                    loader(X_val, y_val, INFERENCE_BATCH, config.seed, False, rank=rank),
                     ckpt_path=str(last) if last.is_file() else None)
     state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
-    return net, module.history
+    # the history as the training processes kept it (with several, this process trained none of it)
+    return net, torch.load(last, map_location="cpu", weights_only=False).get("history", module.history)
 
 
 def predict_logits(net: nn.Module, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
