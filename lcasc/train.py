@@ -344,6 +344,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     ``config.kd_lambda`` and ``config.kd_temperature`` (early stopping still watches the validation log-loss).
     ``impulse`` (:class:`lcasc.impulse.Copies` of these training rows): per example and epoch, with its
     probability, a device-impulse-response copy is trained on instead (validation is never convolved).
+    Trains in :func:`processes` processes (forked from this one, which waits for them; see the module's notes).
     """
     if teacher_logits is not None and (np.ndim(teacher_logits) != 2 or len(teacher_logits) != len(y)):
         raise ValueError(f"teacher logits of shape {np.shape(teacher_logits)} for {len(y)} training segments")

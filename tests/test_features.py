@@ -1,9 +1,11 @@
+import os
+
 import numpy as np
 import pytest
 import scipy.signal
 import soundfile as sf
 
-from lcasc import audio
+from lcasc import audio, features
 from lcasc.data import default_dataset
 from lcasc.data.datasets import load_csv, load_tau22
 from lcasc.features import _file_facts, extract
@@ -204,3 +206,34 @@ def test_a_recording_longer_than_a_threads_buffer(tmp_path):
         assert len(rows) == len(segments) == (71 if rec.path.name == "long.wav" else 5)
         np.testing.assert_array_equal(fs.X[rows], logmel(segments))
         np.testing.assert_array_equal(fs.level_db[rows], audio.rms_db(segments))
+
+
+def test_files_are_read_ahead_a_chunk_before_they_are_decoded(tmp_path, monkeypatch):
+    """On a first run the files come from disk: each chunk's files are handed to the operating system's
+    read-ahead (posix_fadvise WILLNEED) before the chunk is queued for decoding, except the first (nothing runs
+    before it); a file that cannot be opened is left to the decoder, which names it."""
+    ds = load_tau22(make_tau22(tmp_path / "ds", per_split=3))
+    events, hinted = [], []
+    real_hint, real_features = features.read_ahead, features._features_of
+
+    def hint(recs):
+        events.append(("hint", [r.name for r in recs]))
+        real_hint(recs)
+
+    def decode(recs, params):
+        events.append(("decode", [r.name for r in recs]))
+        return real_features(recs, params)
+
+    monkeypatch.setattr(features, "read_ahead", hint)
+    monkeypatch.setattr(features, "_features_of", decode)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, *a: hinted.append(os.readlink(f"/proc/self/fd/{fd}")))
+    extract(ds, cache_dir=tmp_path / "cache", progress=False, chunk_seconds=4.0)
+    first_hint = {n: i for i, (kind, names) in reversed(list(enumerate(events))) if kind == "hint" for n in names}
+    first_decode = {n: i for i, (kind, names) in reversed(list(enumerate(events))) if kind == "decode" for n in names}
+    recs = sorted(ds.recordings, key=lambda r: r.name)
+    chunks = features.chunk_recordings(recs, [1.0] * len(recs), 4.0)  # the clips are 1 s long
+    assert len(chunks) >= 3
+    assert sorted(first_hint) == sorted(r.name for c in chunks[1:] for r in c)
+    assert all(first_hint[n] < first_decode[n] for n in first_hint)
+    assert sorted(hinted) == sorted(str(r.path.resolve()) for r in ds.recordings if r.name in first_hint)
+    features.read_ahead([*ds.recordings[:1], type(ds.recordings[0])(tmp_path / "gone.wav", "gone.wav", None, "test")])
