@@ -10,10 +10,10 @@ thread each, every process computing its share of each batch of 64 (:func:`share
 averages their gradients) and of each validation pass. Why: these networks' operations are too small to
 split between threads; two processes of one thread each trained 1.6x the segments per second of one process
 of two threads here (benchmarks/train_throughput.py measures the whole training). What changes: each
-process's batch-norm layers normalise over its own share of the batch (32 rows, not 64), and the running
-statistics are those of the first process (DDP hands its buffers to the others before every forward pass,
-validation's included), so a data-parallel training equals a single-process one in distribution, not in bits;
-it is deterministic for a given number of processes, and resumes as one.
+process's batch-norm layers normalise over its own share of the batch (32 rows, not 64) and keep running
+statistics of their own shares, averaged over the processes before each validation (so every process
+validates, and the checkpoints keep, the same network); a data-parallel training equals a single-process one
+in distribution, not in bits. It is deterministic for a given number of processes, and resumes as one.
 """
 
 from __future__ import annotations
@@ -254,6 +254,17 @@ class Classification(L.LightningModule):
         self._train_loss.append(loss.detach())
         return loss
 
+    def on_validation_epoch_start(self):
+        # each process has kept the batch-norm running statistics of its own shares: validate (and keep) their
+        # average, the same in every process (a collective per epoch, not one per training step)
+        if self.trainer.world_size > 1:
+            buffers = [b for b in self.net.buffers() if b.is_floating_point()]
+            flat = torch.cat([b.flatten() for b in buffers])
+            torch.distributed.all_reduce(flat)
+            flat /= self.trainer.world_size
+            for b, v in zip(buffers, flat.split([b.numel() for b in buffers])):
+                b.copy_(v.view_as(b))
+
     def validation_step(self, batch, batch_idx):
         x, y = batch
         if self.trainer.world_size == 1 or self._weight(self.rows[1], INFERENCE_BATCH, batch_idx) > 0:
@@ -368,8 +379,9 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     if config.progress:
         callbacks.append(_EpochBar(leave=False))
     # several processes: forked, not spawned (nothing to pickle: they share the memory-mapped features)
-    parallel = dict(accelerator="cpu", devices=world, strategy=DDPStrategy(start_method="fork",
-                                                                            process_group_backend="gloo"))
+    # each step's one collective: the gradients' average (the batch-norm buffers are averaged before validation)
+    parallel = dict(accelerator="cpu", devices=world, strategy=DDPStrategy(
+        start_method="fork", process_group_backend="gloo", broadcast_buffers=False, gradient_as_bucket_view=True))
     trainer = L.Trainer(max_epochs=config.max_epochs, logger=False, use_distributed_sampler=False,
                         **(parallel if world > 1 else dict(accelerator="auto", devices=1)),
                         callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
