@@ -381,7 +381,7 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     # several processes: forked, not spawned (nothing to pickle: they share the memory-mapped features)
     # each step's one collective: the gradients' average (the batch-norm buffers are averaged before validation)
     parallel = dict(accelerator="cpu", devices=world, strategy=DDPStrategy(
-        start_method="fork", process_group_backend="gloo", broadcast_buffers=False, gradient_as_bucket_view=True))
+        start_method="fork", process_group_backend="gloo", forward_sync_buffers=False, gradient_as_bucket_view=True))
     trainer = L.Trainer(max_epochs=config.max_epochs, logger=False, use_distributed_sampler=False,
                         **(parallel if world > 1 else dict(accelerator="auto", devices=1)),
                         callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
