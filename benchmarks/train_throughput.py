@@ -4,12 +4,13 @@ Both train the same network (same initial weights) with the same recipe (Adam 1e
 one validation pass per epoch in batches of INFERENCE_BATCH), on the same real features (the embedded ESC-10
 log-mel, repeated to ``--segments``) in the same shuffled batches (lcasc's sampler), one after the other,
 ``--repeats`` times alternately (fair under a shared machine's changing load). The plain loop runs in this
-process on all its threads; lcasc as ``lcasc run`` would for this many segments (compiled, and data-parallel
-in one process per CPU: :func:`lcasc.train.processes`). Printed: training segments per second of each epoch
-after the first (the first holds the one-off costs: torch.compile, starting the processes; printed apart),
-their medians and the ratio, and each loop's final validation log-loss and accuracy (equal in distribution,
-not in bits: the compiled step computes the same function in another order of floating-point operations, and
-data-parallel processes normalise each batch-norm layer over their own share of the batch, 32 of its 64 rows).
+process on all its threads; lcasc as ``lcasc run`` would for this many segments (compiled), or with
+``--processes N`` data-parallel in N processes of one thread each (``--train-processes``). Printed: training
+segments per second of each epoch after the first (the first holds the one-off costs: torch.compile,
+starting the processes; printed apart), their medians and the ratio, and each loop's final validation
+log-loss and accuracy (equal in distribution, not in bits: the compiled step computes the same function in
+another order of floating-point operations, and data-parallel processes normalise each batch-norm layer over
+their own share of the batch, 32 of its 64 rows).
 
 Run: python benchmarks/train_throughput.py [--segments N] [--epochs N] [--repeats N] [--compile auto|on|off]
      [--processes N]
@@ -105,7 +106,7 @@ def main() -> None:
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                     help="lcasc's torch.compile setting (auto: what lcasc run would do for this many segments)")
     ap.add_argument("--processes", type=int, default=None,
-                    help="lcasc's data-parallel training processes (default: what lcasc run would use)")
+                    help="lcasc's data-parallel training processes (default: lcasc's default, 1)")
     args = ap.parse_args()
     torch.set_num_threads(cpu_count())
     fs, _ = extract(load_dataset(None), progress=False, silence_db=-60.0)

@@ -5,15 +5,17 @@ what to compute. Features stay in memory as tensors and batches are sliced from 
 order a function of (seed, epoch), so an interrupted run resumed from ``last.ckpt`` continues exactly as an
 uninterrupted one would.
 
-On a CPU-only machine a large training runs data-parallel (:func:`processes`): one process per CPU, one
-thread each, every process computing its share of each batch of 64 (:func:`share`; Lightning's DDP over gloo
-averages their gradients) and of each validation pass. Why: these networks' operations are too small to
-split between threads; two processes of one thread each trained 1.6x the segments per second of one process
-of two threads here (benchmarks/train_throughput.py measures the whole training). What changes: each
-process's batch-norm layers normalise over its own share of the batch (32 rows, not 64) and keep running
-statistics of their own shares, averaged over the processes before each validation (so every process
-validates, and the checkpoints keep, the same network); a data-parallel training equals a single-process one
-in distribution, not in bits. It is deterministic for a given number of processes, and resumes as one.
+A training can run data-parallel (``TrainConfig.processes``, ``--train-processes``; :func:`processes`): in
+processes of one thread each, every process computing its share of each batch of 64 (:func:`share`;
+Lightning's DDP over gloo averages their gradients) and of each validation pass. Why: these networks'
+operations are too small to split between threads; two processes of one thread each trained 1.6x the
+segments per second of one process of two threads here (benchmarks/train_throughput.py measures the whole
+training). What changes: each process's batch-norm layers normalise over its own share of the batch (32
+rows, not 64) and keep running statistics of their own shares, averaged over the processes before each
+validation (so every process validates, and the checkpoints keep, the same network): a data-parallel
+training equals a single-process one in distribution, not in bits (early in a training it lags slightly:
+smaller batch-norm batches are noisier), so it is asked for, not the default. It is deterministic for a given
+number of processes, and resumes as one.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     threads: int | None = None  # CPU threads; None: every core (fine-tuning jobs use one each, side by side)
-    processes: int | None = None  # data-parallel training processes; None: as :func:`processes` decides
+    processes: int | None = 1  # data-parallel training processes; None: as :func:`processes` decides
     compile: bool | None = None  # torch.compile the training step; None: on CPU when the set is large (below)
     # Knowledge distillation (lcasc.distill): weight of the label loss (1: plain cross-entropy) and temperature.
     kd_lambda: float = 1.0
@@ -97,10 +99,10 @@ def use_compile(config: TrainConfig, n_train: int) -> bool:
 
 
 def processes(config: TrainConfig, n_train: int) -> int:
-    """How many processes :func:`fit` trains in, data-parallel: as asked (``config.processes``), else one per
-    CPU (:func:`lcasc.workers.cpu_count`) on CPU-only machines for large sets (each process starts and
-    compiles on its own: it pays off where compiling does), and 1 when ``config.threads`` is set (fine-tuning
-    jobs already run side by side, a thread each) or a GPU is there."""
+    """How many processes :func:`fit` trains in, data-parallel: as asked (``config.processes``, default 1), or
+    for ``processes=None`` one per CPU (:func:`lcasc.workers.cpu_count`) on CPU-only machines for large sets
+    (each process starts and compiles on its own: it pays off where compiling does), and 1 when
+    ``config.threads`` is set (fine-tuning jobs already run side by side, a thread each) or a GPU is there."""
     if config.processes is not None:
         return max(1, int(config.processes))
     if config.threads is not None or torch.cuda.is_available() or n_train < COMPILE_MIN_SEGMENTS:

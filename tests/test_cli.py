@@ -130,3 +130,15 @@ def test_help_explains_every_command():
         assert len(sub.description or "") > 20, f"`lcasc {cmd} --help` has no description"
         assert all(a.help for a in sub._actions), f"`lcasc {cmd}` has an option without help"
     assert "--max-epochs" in lcasc("run", "--help").stdout
+
+
+def test_train_processes_reach_the_runs_training_settings():
+    from lcasc.cli import build_parser
+    from lcasc.cli.options import run_config
+
+    def processes(*flags):
+        return run_config(build_parser().parse_args(["features", *flags])).train.processes
+
+    assert processes() == 1  # one process unless asked: data-parallel results equal in distribution only
+    assert processes("--train-processes", "2") == 2
+    assert processes("--train-processes", "0") is None  # one per CPU, for large training sets

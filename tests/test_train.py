@@ -63,17 +63,19 @@ def test_keeps_the_checkpoint_with_lowest_validation_log_loss(tmp_path, data, pr
     assert np.allclose(p.sum(1), 1, atol=1e-5)
 
 
-def test_large_cpu_trainings_are_data_parallel_unless_told_or_fine_tuning(monkeypatch):
+def test_data_parallel_training_is_asked_for_or_one_process_per_cpu_for_large_sets(monkeypatch):
     import lcasc.train
 
     monkeypatch.setattr(lcasc.train, "cpu_count", lambda: 3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert processes(TrainConfig(), COMPILE_MIN_SEGMENTS) == 3  # one per CPU the process may use
-    assert processes(TrainConfig(), COMPILE_MIN_SEGMENTS - 1) == 1  # small sets: not worth the processes' start
-    assert processes(TrainConfig(threads=1), 10**6) == 1  # fine-tuning jobs, side by side already
+    assert processes(TrainConfig(), 10**6) == 1  # asked for, not the default (results equal in distribution only)
+    auto = TrainConfig(processes=None)
+    assert processes(auto, COMPILE_MIN_SEGMENTS) == 3  # one per CPU the process may use
+    assert processes(auto, COMPILE_MIN_SEGMENTS - 1) == 1  # small sets: not worth the processes' start
+    assert processes(TrainConfig(processes=None, threads=1), 10**6) == 1  # fine-tuning jobs, side by side already
     assert processes(TrainConfig(processes=2), 10) == 2
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert processes(TrainConfig(), 10**6) == 1  # a GPU trains in this process
+    assert processes(auto, 10**6) == 1  # a GPU trains in this process
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
