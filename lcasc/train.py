@@ -404,8 +404,12 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
     state = torch.load(best.best_model_path or last, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
-    # the history as the training processes kept it (with several, this process trained none of it)
-    return net, torch.load(last, map_location="cpu", weights_only=False).get("history", module.history)
+    if world == 1:
+        return net, module.history
+    # several processes: this one trained none of it; the first wrote every epoch to train_log.csv (last.ckpt
+    # may have been saved before the last epoch's row)
+    with open(workdir / "train_log.csv", newline="") as fh:
+        return net, [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def predict_logits(net: nn.Module, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:

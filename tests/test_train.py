@@ -91,11 +91,15 @@ def test_the_processes_shares_of_a_batch_average_to_its_mean_loss(world, n):
     assert all(b > a for a, b, _ in shares)
 
 
-def test_early_stopping_stops_before_max_epochs(tmp_path, data):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_early_stopping_stops_before_max_epochs(tmp_path, data, processes):
     X, y, Xv, yv = data
     _, hist = fit(LowComplexityCNN(), X, y, Xv, yv, TrainConfig(max_epochs=200, patience=2, lr=0.05,
-                                                                progress=False), tmp_path)
-    assert len(hist) < 200
+                                                                progress=False, processes=processes), tmp_path)
+    assert len(hist) < 200 and [h["epoch"] for h in hist] == list(range(len(hist)))
+    # every epoch trained is in the history returned, as in the log (also when other processes trained it)
+    assert len((tmp_path / "train_log.csv").read_text().splitlines()) == 1 + len(hist)
+    assert len(hist) > 2 + min(range(len(hist)), key=lambda i: hist[i]["val_log_loss"])
 
 
 def test_saved_model_round_trips_with_classes_and_spec(tmp_path):
