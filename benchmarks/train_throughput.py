@@ -105,8 +105,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="trainings of each loop, alternating")
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                     help="lcasc's torch.compile setting (auto: what lcasc run would do for this many segments)")
-    ap.add_argument("--processes", type=int, default=None,
-                    help="lcasc's data-parallel training processes (default: lcasc's default, 1)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="lcasc's data-parallel training processes, as --train-processes (0: one per CPU); default 1")
     args = ap.parse_args()
     torch.set_num_threads(cpu_count())
     fs, _ = extract(load_dataset(None), progress=False, silence_db=-60.0)
@@ -116,14 +116,15 @@ def main() -> None:
     Xv, yv = np.ascontiguousarray(va.X), va.y
     compile_ = {"auto": None, "on": True, "off": False}[args.compile]
     compiled = use_compile(TrainConfig(compile=compile_), len(X))
-    world = processes(TrainConfig(processes=args.processes), len(X))
+    asked = args.processes or None  # 0: one per CPU, as lcasc's --train-processes 0
+    world = processes(TrainConfig(processes=asked), len(X))
     plain_loop(X[:256], y[:256], Xv[:64], yv[:64], 1)  # warm-up
     rates = {"plain": [], "lcasc": []}
     first, final = {"plain": [], "lcasc": []}, {}
     for _ in range(args.repeats):
         for name in ("plain", "lcasc"):
             times, loss, acc = (plain_loop(X, y, Xv, yv, args.epochs) if name == "plain"
-                                else lcasc_loop(X, y, Xv, yv, args.epochs, compile_, args.processes))
+                                else lcasc_loop(X, y, Xv, yv, args.epochs, compile_, asked))
             rates[name] += [len(X) / t for t in times[1:]]
             first[name].append(times[0])
             final[name] = (loss, acc)
