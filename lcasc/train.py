@@ -6,16 +6,16 @@ order a function of (seed, epoch), so an interrupted run resumed from ``last.ckp
 uninterrupted one would.
 
 A training can run data-parallel (``TrainConfig.processes``, ``--train-processes``; :func:`processes`): in
-processes of one thread each, every process computing its share of each batch of 64 (:func:`share`;
-Lightning's DDP over gloo averages their gradients) and of each validation pass. Why: these networks'
-operations are too small to split between threads; two processes of one thread each trained 1.6x the
-segments per second of one process of two threads here (benchmarks/train_throughput.py measures the whole
-training). What changes: each process's batch-norm layers normalise over its own share of the batch (32
-rows, not 64) and keep running statistics of their own shares, averaged over the processes before each
-validation (so every process validates, and the checkpoints keep, the same network): a data-parallel
-training equals a single-process one in distribution, not in bits (early in a training it lags slightly:
-smaller batch-norm batches are noisier), so it is asked for, not the default. It is deterministic for a given
-number of processes, and resumes as one.
+processes of one thread each, every process computing its share of each batch of 64 (:func:`share`; Lightning's
+DDP over gloo averages their gradients) and of each validation pass. Why: these networks' operations are too
+small to split between threads: here two processes of one thread each ran 1.6x the compiled training steps of
+one process of two threads, and the whole training (benchmarks/train_throughput.py) 1.69x the plain loop's
+segments per second against 1.36x for one compiled process. What changes: each process's batch-norm layers
+normalise over its own share of the batch (32 rows, not 64) and keep running statistics of their own shares,
+averaged over the processes before each validation (so every process validates, and the checkpoints keep, the
+same network): a data-parallel training equals a single-process one in distribution, not in bits (early in a
+training it lags slightly: smaller batch-norm batches are noisier), so it is asked for, not the default. It is
+deterministic for a given number of processes, and resumes as one.
 """
 
 from __future__ import annotations
@@ -99,13 +99,16 @@ def use_compile(config: TrainConfig, n_train: int) -> bool:
 
 
 def processes(config: TrainConfig, n_train: int) -> int:
-    """How many processes :func:`fit` trains in, data-parallel: as asked (``config.processes``, default 1), or
-    for ``processes=None`` one per CPU (:func:`lcasc.workers.cpu_count`) on CPU-only machines for large sets
-    (each process starts and compiles on its own: it pays off where compiling does), and 1 when
-    ``config.threads`` is set (fine-tuning jobs already run side by side, a thread each) or a GPU is there."""
+    """How many processes :func:`fit` trains in, data-parallel: 1 when ``config.threads`` is set (fine-tuning
+    and study jobs, which already run side by side in worker processes, a thread each); else as asked
+    (``config.processes``, default 1), or for ``processes=None`` one per CPU (:func:`lcasc.workers.cpu_count`)
+    on CPU-only machines for large sets (each process starts and compiles on its own: it pays off where
+    compiling does)."""
+    if config.threads is not None:
+        return 1
     if config.processes is not None:
         return max(1, int(config.processes))
-    if config.threads is not None or torch.cuda.is_available() or n_train < COMPILE_MIN_SEGMENTS:
+    if torch.cuda.is_available() or n_train < COMPILE_MIN_SEGMENTS:
         return 1
     return cpu_count()
 
@@ -241,7 +244,7 @@ class Classification(L.LightningModule):
 
     def setup(self, stage):
         if self.trainer.world_size > 1:  # in each training process: the CPUs shared out between them
-            torch.set_num_threads(max(1, (self.config.threads or cpu_count()) // self.trainer.world_size))
+            torch.set_num_threads(max(1, cpu_count() // self.trainer.world_size))
 
     def training_step(self, batch, batch_idx):
         x, y, *teacher = batch
@@ -380,12 +383,14 @@ def fit(net: nn.Module, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: 
                  "train_log.csv"), _ReleaseFreedMemory(mapped=(X, X_val))]
     if config.progress:
         callbacks.append(_EpochBar(leave=False))
-    # several processes: forked, not spawned (nothing to pickle: they share the memory-mapped features)
-    # each step's one collective: the gradients' average (the batch-norm buffers are averaged before validation)
-    parallel = dict(accelerator="cpu", devices=world, strategy=DDPStrategy(
-        start_method="fork", process_group_backend="gloo", forward_sync_buffers=False, gradient_as_bucket_view=True))
-    trainer = L.Trainer(max_epochs=config.max_epochs, logger=False, use_distributed_sampler=False,
-                        **(parallel if world > 1 else dict(accelerator="auto", devices=1)),
+    devices = dict(accelerator="auto", devices=1)
+    if world > 1:
+        # forked, not spawned (nothing to pickle: they share the memory-mapped features); each step's one
+        # collective is the gradients' average (the batch-norm buffers are averaged before validation)
+        devices = dict(accelerator="cpu", devices=world, strategy=DDPStrategy(
+            start_method="fork", process_group_backend="gloo", forward_sync_buffers=False,
+            gradient_as_bucket_view=True))
+    trainer = L.Trainer(max_epochs=config.max_epochs, logger=False, use_distributed_sampler=False, **devices,
                         callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
                         num_sanity_val_steps=0, deterministic=True, default_root_dir=workdir)
     rank = lambda: (trainer.global_rank, trainer.world_size)  # noqa: E731 - asked in each process

@@ -73,6 +73,7 @@ def test_data_parallel_training_is_asked_for_or_one_process_per_cpu_for_large_se
     assert processes(auto, COMPILE_MIN_SEGMENTS) == 3  # one per CPU the process may use
     assert processes(auto, COMPILE_MIN_SEGMENTS - 1) == 1  # small sets: not worth the processes' start
     assert processes(TrainConfig(processes=None, threads=1), 10**6) == 1  # fine-tuning jobs, side by side already
+    assert processes(TrainConfig(processes=2, threads=1), 10**6) == 1  # (whatever --train-processes said)
     assert processes(TrainConfig(processes=2), 10) == 2
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert processes(auto, 10**6) == 1  # a GPU trains in this process

@@ -46,8 +46,7 @@ def run(run: Run, layers: list[str] | None = None, criterion: str = "similarity"
     log.info("prune (%s): removing %s filters of C1/C2/C3", criterion,
              "/".join(str(len(removed_all[k])) for k in graph.CONVS))
     va, te = run.split("validate"), run.split("test")
-    # the jobs run side by side in worker processes, a thread and a process each
-    finetune = replace(run.config.train, threads=1, processes=1, progress=False,
+    finetune = replace(run.config.train, threads=1, progress=False,
                        **{k: v for k, v in (("max_epochs", max_epochs), ("patience", patience)) if v is not None})
     budget = {"max_epochs": finetune.max_epochs, "patience": finetune.patience}
     nets, before = {}, {}

@@ -66,7 +66,7 @@ def run_job(job: Job, X_train, y_train, X_val, y_val, X_test, y_test, teacher=No
 
     t0 = time.perf_counter()
     spec = CNNSpec.from_dict(job.spec)
-    config = TrainConfig(**{**job.train, "processes": 1}, progress=False, threads=1)  # side by side already
+    config = TrainConfig(**job.train, progress=False, threads=1)
     with _one_thread(), warnings.catch_warnings():
         # Features arrive read-only (memory-mapped .npy or Ray's object store); nothing writes to them.
         warnings.filterwarnings("ignore", ".*not writable.*")
